@@ -1,0 +1,1 @@
+"""midaskit's own implementations of every official MiDaS architecture (no timm, no torch.hub)."""

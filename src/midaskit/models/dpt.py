@@ -1,0 +1,84 @@
+"""DPT depth model (MiDaS v3.0 and v3.1): a backbone with hooks, the reassemble convs, four (or,
+for LeViT, three) fusion blocks and the depth head.
+
+Layout of isl-org/MiDaS ``midas/dpt_depth.py``: ``pretrained`` is the backbone (with its
+``model`` and, for ViT/BEiT, ``act_postprocess{1..4}``), ``scratch`` holds the decoder.
+The backbone is any module whose ``forward(x)`` returns the hooked feature maps, finest first,
+each ``(B, C_i, H_i, W_i)`` with ``C_i = in_widths[i]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import FeatureFusionBlockCustom, make_depth_head, make_scratch
+
+__all__ = ["DPTDepthModel"]
+
+
+class DPTDepthModel(nn.Module):
+    """Backbone + DPT decoder -> relative inverse depth ``(B, H, W)``.
+
+    Args:
+        backbone: becomes ``self.pretrained``; returns 3 or 4 feature maps.
+        in_widths: channels of the backbone's feature maps.
+        features: decoder width (256 in every official DPT).
+        head_features_1: channels entering the head (LeViT: 64 after ``stem_transpose``).
+        head_features_2: the head's hidden width (32; LeViT 8).
+        stem_transpose: LeViT's up-sampling stem between the last fusion block and the head.
+        refinenet3_size: fixed output size of ``refinenet3`` when there are only 3 levels.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        in_widths: Sequence[int],
+        *,
+        features: int = 256,
+        head_features_1: int | None = None,
+        head_features_2: int = 32,
+        stem_transpose: nn.Module | None = None,
+        refinenet3_size: tuple[int, int] | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if len(in_widths) not in (3, 4):
+            raise ValueError(f"DPT takes 3 or 4 feature levels, got {len(in_widths)}")
+        kw = {"device": device, "dtype": dtype}
+        self.num_levels = len(in_widths)
+        self.pretrained = backbone
+        self.scratch = make_scratch(in_widths, features, **kw)
+        # attribute order is the state-dict order of the official files
+        if stem_transpose is not None:
+            self.scratch.stem_transpose = stem_transpose
+        self.scratch.refinenet1 = FeatureFusionBlockCustom(features, **kw)
+        self.scratch.refinenet2 = FeatureFusionBlockCustom(features, **kw)
+        self.scratch.refinenet3 = FeatureFusionBlockCustom(features, size=refinenet3_size, **kw)
+        if self.num_levels == 4:
+            self.scratch.refinenet4 = FeatureFusionBlockCustom(features, **kw)
+        self.scratch.output_conv = make_depth_head(
+            head_features_1 or features, head_features_2, align_corners=True, **kw
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised image -> ``(B, H, W)`` relative inverse depth."""
+        layers = self.pretrained(x)
+        scratch = self.scratch
+        layer_1_rn = scratch.layer1_rn(layers[0])
+        layer_2_rn = scratch.layer2_rn(layers[1])
+        layer_3_rn = scratch.layer3_rn(layers[2])
+        if self.num_levels == 4:
+            layer_4_rn = scratch.layer4_rn(layers[3])
+            path_4 = scratch.refinenet4(layer_4_rn, size=layer_3_rn.shape[2:])
+            path_3 = scratch.refinenet3(path_4, layer_3_rn, size=layer_2_rn.shape[2:])
+        else:
+            path_3 = scratch.refinenet3(layer_3_rn, size=layer_2_rn.shape[2:])
+        path_2 = scratch.refinenet2(path_3, layer_2_rn, size=layer_1_rn.shape[2:])
+        path_1 = scratch.refinenet1(path_2, layer_1_rn)
+        if getattr(scratch, "stem_transpose", None) is not None:
+            path_1 = scratch.stem_transpose(path_1)
+        return scratch.output_conv(path_1).squeeze(1)
