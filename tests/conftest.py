@@ -11,7 +11,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/refweights.py
 
 import refweights  # noqa: E402
-
 from midaskit.variants import all_variants  # noqa: E402
 
 REFERENCE = refweights.DATA

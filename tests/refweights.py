@@ -152,7 +152,8 @@ def make_state_dict(variant: str, seed: int = 0) -> "OrderedDict[str, object]":
 
 def cache_dir() -> Path:
     root = os.environ.get("MIDASKIT_TEST_CACHE")
-    path = Path(root) if root else Path(__file__).resolve().parent.parent / ".cache" / "test-weights"
+    default = Path(__file__).resolve().parent.parent / ".cache" / "test-weights"
+    path = Path(root) if root else default
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -161,7 +162,8 @@ def reference_checkpoint(variant: str, seed: int = 0) -> Path:
     """Path of a ``torch.save``d official-layout file for ``variant``, generated once and cached."""
     import torch
 
-    manifest_hash = hashlib.sha256((DATA / "manifests" / f"{variant}.json").read_bytes()).hexdigest()
+    manifest = (DATA / "manifests" / f"{variant}.json").read_bytes()
+    manifest_hash = hashlib.sha256(manifest).hexdigest()
     path = cache_dir() / f"{variant}_seed{seed}_{manifest_hash[:10]}.pt"
     if not path.exists():
         tmp = path.with_suffix(f".tmp{os.getpid()}")

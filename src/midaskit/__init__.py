@@ -1,11 +1,12 @@
-"""midaskit: load any MiDaS checkpoint, explain why a checkpoint does not fit a model, predict depth."""
+"""midaskit: load any MiDaS checkpoint, explain why a checkpoint does not fit a model, predict
+depth."""
 
 from .errors import (
     CheckpointFormatError,
     IncompatibleCheckpointError,
     MidaskitError,
-    UnsafeCheckpointError,
     UnknownVariantError,
+    UnsafeCheckpointError,
 )
 from .variants import REGISTRY, VariantSpec, all_variants, build_model, get_variant
 

@@ -42,12 +42,14 @@ DRIFTS: tuple[Drift, ...] = (
     Drift(
         name="swin-timm09-layout",
         description=(
-            "Swin/SwinV2 saved by timm >= 0.9: patch merging moved to the start of the next stage "
-            "(layers.N.downsample -> layers.N-1.downsample) and the classifier renamed head -> head.fc"
+            "Swin/SwinV2 saved by timm >= 0.9: patch merging moved to the start of the next "
+            "stage (layers.N.downsample -> layers.N-1.downsample) and the classifier renamed "
+            "head -> head.fc"
         ),
         marker=r"(^|\.)pretrained\.model\.(layers\.3\.downsample\.|head\.fc\.)",
         renames=(
-            (r"^(.*pretrained\.model\.)layers\.([123])\.downsample\.", _shift_stage),
+            (r"^(.*pretrained\.model\.)layers\.([123])\.downsample\.",
+             _shift_stage),
             (r"^(.*pretrained\.model\.)head\.fc\.", "\\g<1>head."),
         ),
     ),

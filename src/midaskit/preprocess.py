@@ -20,7 +20,7 @@ from .variants import Preprocess
 
 __all__ = ["network_size", "read_image", "prepare_image", "Transform"]
 
-# decoding more pixels than this is refused before it can exhaust memory (about 1.6 GB as float64 RGB)
+# larger images are refused before they can exhaust memory (1.6 GB as float64 RGB)
 MAX_IMAGE_PIXELS = 8192 * 8192
 
 

@@ -1,1 +1,1 @@
-"""The ``midaskit`` command line: one module per subcommand, each with ``add_parser`` and ``run``."""
+"""The ``midaskit`` command line: one module per subcommand with ``add_parser`` and ``run``."""

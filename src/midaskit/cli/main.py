@@ -1,4 +1,4 @@
-"""``midaskit`` entry point: builds the parser from the subcommand modules and maps errors to exit codes.
+"""``midaskit`` entry point: the parser from the subcommand modules, errors mapped to exit codes.
 
 Each subcommand module defines ``add_parser(subparsers) -> argparse.ArgumentParser`` and
 ``run(args) -> int``. Results go to stdout, progress and warnings to stderr; a
@@ -38,7 +38,7 @@ exit codes:
 
 examples:
   midaskit demo                              # see the doctor fix six classic failures
-  midaskit inspect weights/model.pt          # what is inside a checkpoint, without running pickle code
+  midaskit inspect weights/model.pt          # what is inside, without running pickle code
   midaskit identify dpt_beit_large_512.pt    # which MiDaS variant is this file?
   midaskit doctor model.pt --against other.pt --fix fixed.pt
   midaskit predict images/ -o out/ --weights dpt_hybrid_384.pt

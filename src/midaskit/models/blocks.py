@@ -175,7 +175,7 @@ def make_depth_head(
     device=None,
     dtype=None,
 ) -> nn.Sequential:
-    """``scratch.output_conv``: conv3x3 (C -> C/2), up x2, conv3x3 (-> mid), ReLU, conv1x1 (-> 1), ReLU.
+    """``scratch.output_conv``: conv3x3 (C -> C/2), up x2, conv3x3 (-> mid), ReLU, conv1x1, ReLU.
 
     Keys ``.0``, ``.2`` and ``.4`` hold weights. ``non_negative`` is True for every official
     variant, hence the final ReLU. v2.1 MidasNet has no trailing Identity (no keys either way).

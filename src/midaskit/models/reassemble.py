@@ -27,7 +27,7 @@ class SliceReadout(nn.Module):
 
 
 class AddReadout(nn.Module):
-    """``add`` readout: add the class token (or the mean of class and distillation) to each patch."""
+    """``add`` readout: add the class token (or mean of class and distillation) to each patch."""
 
     def __init__(self, start_index: int = 1):
         super().__init__()
@@ -39,7 +39,7 @@ class AddReadout(nn.Module):
 
 
 class ProjectReadout(nn.Module):
-    """``project`` readout (every official DPT): concat the class token to each patch, Linear+GELU."""
+    """``project`` readout (every official DPT): class token joined to each patch, Linear+GELU."""
 
     def __init__(self, in_features: int, start_index: int = 1, *, device=None, dtype=None):
         super().__init__()
