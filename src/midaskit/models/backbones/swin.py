@@ -1,0 +1,199 @@
+"""Swin Transformer (v1) backbone of MiDaS v3.1 ``dpt_swin_large_384``.
+
+Paper: Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows"
+(ICCV 2021). Official source: isl-org/MiDaS ``midas/backbones/swin.py`` (timm
+``swin_large_patch4_window12_384``) with ``swin_common.py``, on timm 0.6.12
+``timm/models/swin_transformer.py``. Checkpoint layout reproduced: the timm 0.6.12 one, with
+patch merging at the end of stages 0-2 (``layers.{0,1,2}.downsample``: ``norm`` then
+``reduction``), ``relative_position_index`` persistent in every block, ``attn_mask`` persistent in
+the shifted blocks only (odd block index, none in the last stage, first in the block's key
+order), and the unused ``norm`` and plain-Linear ``head``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...variants import VariantSpec
+from .. import fastpath
+from ..dpt import DPTDepthModel
+from .swin_common import (
+    Mlp,
+    PatchEmbed,
+    SwinDims,
+    SwinDPTBackbone,
+    SwinStage,
+    merge_patches,
+    relative_position_index,
+    shifted_window_mask,
+    window_and_shift,
+    window_attention_bias,
+    windowed_attention,
+)
+
+__all__ = ["SwinTransformer", "build_dpt_swin_large_384"]
+
+
+# ---- layers -----------------------------------------------------------------------------------
+
+
+class WindowAttention(nn.Module):
+    """Window multi-head self-attention with a learned relative-position bias table."""
+
+    def __init__(
+        self, dim: int, num_heads: int, window: tuple[int, int], *, device=None, dtype=None
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.num_heads = num_heads
+        self.window = window
+        self.scale = (dim // num_heads) ** -0.5
+        table_size = (2 * window[0] - 1) * (2 * window[1] - 1)
+        self.relative_position_bias_table = nn.Parameter(torch.empty(table_size, num_heads, **kw))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # timm's init
+        index = relative_position_index(window).to(device)
+        self.register_buffer("relative_position_index", index, persistent=True)
+        self.qkv = nn.Linear(dim, 3 * dim, **kw)
+        self.proj = nn.Linear(dim, dim, **kw)
+
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        return {"relative_position_index": relative_position_index(self.window)}
+
+    def _bias(self) -> torch.Tensor:
+        """``(nH, N, N)`` bias gathered from the table (the table, not the result, is learned)."""
+        n = self.window[0] * self.window[1]
+        table = self.relative_position_bias_table.t().contiguous()  # (nH, T)
+        # index_select on the contiguous transposed table writes (nH, N*N) in one pass
+        bias = torch.index_select(table, 1, self.relative_position_index.view(-1))
+        return bias.view(self.num_heads, n, n)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``(B_, N, C)`` windows, optional ``(nW, N, N)`` mask -> ``(B_, N, C)``."""
+        B_, N, C = x.shape
+        qkv = self.qkv(x).view(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B_, nH, N, hd)
+        bias = window_attention_bias(self._bias().to(q.dtype), mask, B_)  # (1|B_, nH, N, N)
+        if fastpath.enabled():
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1) + bias  # (B_, nH, N, N)
+            out = attn.softmax(dim=-1) @ v
+        out = out.transpose(1, 2).reshape(B_, N, C)  # (B_, nH, N, hd) -> (B_, N, C)
+        return self.proj(out)
+
+
+class SwinTransformerBlock(nn.Module):
+    """Pre-norm block: ``x + W-MSA(norm1(x))``, then ``x + MLP(norm2(x))`` on ``(B, H, W, C)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        resolution: tuple[int, int],
+        window_size: int,
+        shift_size: int,
+        mlp_ratio: float,
+        *,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.resolution = resolution
+        self.window, self.shift = window_and_shift(
+            resolution, window_size, shift_size, per_axis=False
+        )
+        if any(self.shift):
+            # registered first: the official files list a block's attn_mask before its children
+            mask = shifted_window_mask(resolution, self.window, self.shift)
+            self.register_buffer("attn_mask", mask.to(device=device, dtype=dtype))
+        else:
+            self.attn_mask = None
+        self.norm1 = nn.LayerNorm(dim, eps=1e-5, **kw)
+        self.attn = WindowAttention(dim, num_heads, self.window, **kw)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-5, **kw)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), **kw)
+
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        if self.attn_mask is None:
+            return {}
+        return {"attn_mask": shifted_window_mask(self.resolution, self.window, self.shift)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = windowed_attention(self.norm1(x), self.attn, self.window, self.shift, self.attn_mask)
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood -> channels, then ``norm`` (4C) and ``reduction`` (4C -> 2C)."""
+
+    def __init__(self, dim: int, *, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.norm = nn.LayerNorm(4 * dim, eps=1e-5, **kw)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H/2, W/2, 2C)``."""
+        return self.reduction(self.norm(merge_patches(x)))
+
+
+class SwinTransformer(nn.Module):
+    """timm 0.6.12 ``SwinTransformer`` layout: ``patch_embed``, ``layers``, ``norm``, ``head``.
+
+    ``norm`` and ``head`` (the ImageNet classifier) are never run by the DPT; they are here so the
+    official files load strictly.
+    """
+
+    def __init__(self, dims: SwinDims, num_classes: int = 1000, *, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.img_size = dims.img_size
+        self.patch_embed = PatchEmbed(dims.patch_size, dims.embed_dim, **kw)
+        stages = []
+        for i, depth in enumerate(dims.depths):
+            dim = dims.dim(i)
+            blocks = [
+                SwinTransformerBlock(
+                    dim,
+                    dims.num_heads[i],
+                    dims.resolution(i),
+                    dims.window_size,
+                    0 if j % 2 == 0 else dims.window_size // 2,
+                    dims.mlp_ratio,
+                    **kw,
+                )
+                for j in range(depth)
+            ]
+            last = i == len(dims.depths) - 1
+            stages.append(SwinStage(blocks, None if last else PatchMerging(dim, **kw)))
+        self.layers = nn.ModuleList(stages)
+        num_features = dims.dim(len(dims.depths) - 1)
+        self.norm = nn.LayerNorm(num_features, eps=1e-5, **kw)
+        self.head = nn.Linear(num_features, num_classes, **kw)
+
+
+# ---- builders ---------------------------------------------------------------------------------
+
+# timm swin_large_patch4_window12_384
+_LARGE_384 = SwinDims(
+    img_size=384, embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12
+)
+
+
+def build_dpt_swin_large_384(spec: VariantSpec, *, device=None, dtype=None) -> nn.Module:
+    """DPT with a Swin-L/12 backbone at 384x384 (``dpt_swin_large_384.pt``)."""
+    model = SwinTransformer(_LARGE_384, device=device, dtype=dtype)
+    backbone = SwinDPTBackbone(model, spec.hooks, variant=spec.name)
+    return DPTDepthModel(
+        backbone,
+        spec.in_widths,
+        features=spec.features,
+        head_features_1=spec.head_features[0],
+        head_features_2=spec.head_features[1],
+        device=device,
+        dtype=dtype,
+    )

@@ -1,0 +1,273 @@
+"""Pieces shared by the Swin (v1) and SwinV2 DPT backbones: window partition/reverse, the
+relative-position index and shifted-window mask rules, patch embedding, the MLP, one stage, and
+the DPT wrapper that turns hooked block outputs into feature maps.
+
+Official source: isl-org/MiDaS ``midas/backbones/swin_common.py`` (``_make_swin_backbone``,
+``forward_swin``) on timm 0.6.12 ``swin_transformer.py`` / ``swin_transformer_v2.py``. The wrapper
+reproduces the official checkpoint layout ``pretrained.model.*``: the official
+``act_postprocess{1..4}`` (transpose + unflatten) have no weights, so they are plain reshapes here.
+Tokens travel between blocks as ``(B, H, W, C)`` maps, the official ``(B, H*W, C)`` viewed 2-D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...errors import UnsupportedInputSizeError
+
+__all__ = [
+    "SwinDims",
+    "window_partition",
+    "window_reverse",
+    "window_and_shift",
+    "relative_position_index",
+    "shifted_window_mask",
+    "window_attention_bias",
+    "windowed_attention",
+    "merge_patches",
+    "PatchEmbed",
+    "Mlp",
+    "SwinStage",
+    "SwinDPTBackbone",
+]
+
+
+@dataclass(frozen=True)
+class SwinDims:
+    """Size-specific dimensions of one Swin / SwinV2 backbone (timm's model kwargs).
+
+    Attributes:
+        img_size: the native square input size; the patch grid is ``img_size // patch_size``.
+        embed_dim: channels of stage 0; stage ``i`` has ``embed_dim * 2**i``.
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: the target window side (clipped to the grid in small stages).
+        pretrained_window_sizes: SwinV2 only, the window each stage was pre-trained with; 0 means
+            "the window itself" (scales the continuous position-bias coordinates).
+    """
+
+    img_size: int
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    pretrained_window_sizes: tuple[int, ...] = (0, 0, 0, 0)
+
+    def resolution(self, stage: int) -> tuple[int, int]:
+        """Token grid ``(H, W)`` of ``stage`` at the native input size."""
+        side = self.img_size // self.patch_size // 2**stage
+        return (side, side)
+
+    def dim(self, stage: int) -> int:
+        """Channels of ``stage`` (doubled by each patch merging)."""
+        return self.embed_dim * 2**stage
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """``(B, H, W, C)`` -> ``(B * nW, wh * ww, C)``, windows in row-major order per image."""
+    B, H, W, C = x.shape
+    wh, ww = window
+    x = x.view(B, H // wh, wh, W // ww, ww, C)  # (B, nh, wh, nw, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, C)  # (B*nh*nw, wh*ww, C)
+
+
+def window_reverse(windows: torch.Tensor, window: tuple[int, int], H: int, W: int) -> torch.Tensor:
+    """``(B * nW, wh * ww, C)`` -> ``(B, H, W, C)``: the inverse of :func:`window_partition`."""
+    wh, ww = window
+    C = windows.shape[-1]
+    x = windows.view(-1, H // wh, W // ww, wh, ww, C)  # (B, nh, nw, wh, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)  # (B, H, W, C)
+
+
+def window_and_shift(
+    resolution: tuple[int, int], window: int, shift: int, *, per_axis: bool
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The window and shift a block really uses on a ``resolution`` grid (timm's clipping rule).
+
+    A grid no larger than the window is one window, unshifted. Swin v1 decides on
+    ``min(resolution)`` for both axes, SwinV2 per axis (``per_axis=True``); on the square
+    grids the official models run on, both rules agree.
+    """
+    if not per_axis:
+        side = min(resolution)
+        if side <= window:
+            return (side, side), (0, 0)
+        return (window, window), (shift, shift)
+    win = tuple(r if r <= window else window for r in resolution)
+    sft = tuple(0 if r <= w else shift for r, w in zip(resolution, win, strict=True))
+    return win, sft  # type: ignore[return-value]
+
+
+def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
+    """``(N, N)`` int64 index into a ``(2*wh-1) * (2*ww-1)`` bias table, ``N = wh * ww``."""
+    wh, ww = window
+    ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)  # (N,)
+    dy = ys[:, None] - ys[None, :] + (wh - 1)  # (N, N) in [0, 2*wh-2]
+    dx = xs[:, None] - xs[None, :] + (ww - 1)
+    return dy * (2 * ww - 1) + dx
+
+
+def shifted_window_mask(
+    resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> torch.Tensor:
+    """``(nW, N, N)`` float32 mask (0 / -100) of a shifted block: after the cyclic shift, tokens
+    from different image regions share a window and must not attend to each other."""
+    (H, W), (wh, ww), (sh, sw) = resolution, window, shift
+
+    def region(n: int, win: int, sft: int) -> torch.Tensor:
+        # the official slices (0, -win), (-win, -shift), (-shift, None) label 0, 1, 2
+        pos = torch.arange(n)
+        return (pos >= n - win).long() + (pos >= n - sft).long()
+
+    label = region(H, wh, sh)[:, None] * 3 + region(W, ww, sw)[None, :]  # (H, W)
+    windows = window_partition(label[None, :, :, None], window).squeeze(-1)  # (nW, N)
+    differ = windows[:, None, :] != windows[:, :, None]  # (nW, N, N)
+    return torch.where(differ, -100.0, 0.0).to(torch.float32)
+
+
+def window_attention_bias(
+    bias: torch.Tensor, mask: torch.Tensor | None, num_windows: int
+) -> torch.Tensor:
+    """Combine the per-head bias ``(nH, N, N)`` with a shifted-window mask ``(nW, N, N)`` into an
+    additive attention mask for ``num_windows = B * nW`` windows (broadcast where possible)."""
+    if mask is None:
+        return bias.unsqueeze(0)  # (1, nH, N, N)
+    nw = mask.shape[0]
+    full = mask.to(bias.dtype).unsqueeze(1) + bias.unsqueeze(0)  # (nW, nH, N, N)
+    if num_windows != nw:
+        # windows are image-major (B, nW): tile the per-window masks over the batch
+        full = full.repeat(num_windows // nw, 1, 1, 1)  # (B*nW, nH, N, N)
+    return full
+
+
+def windowed_attention(
+    x: torch.Tensor,
+    attn: nn.Module,
+    window: tuple[int, int],
+    shift: tuple[int, int],
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """(Shifted-)window self-attention of a ``(B, H, W, C)`` map; returns ``(B, H, W, C)``."""
+    _, H, W, _ = x.shape
+    shifted = any(shift)
+    if shifted:
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    windows = window_partition(x, window)  # (B*nW, N, C)
+    windows = attn(windows, mask)  # (B*nW, N, C)
+    x = window_reverse(windows, window, H, W)  # (B, H, W, C)
+    if shifted:
+        x = torch.roll(x, shifts=shift, dims=(1, 2))
+    return x
+
+
+# ---- layers -----------------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch x patch`` conv embedding + LayerNorm -> ``(B, H/p, W/p, C)``."""
+
+    def __init__(self, patch_size: int, embed_dim: int, *, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size, **kw)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-5, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x).permute(0, 2, 3, 1)  # (B, C, h, w) -> (B, h, w, C)
+        return self.norm(x)
+
+
+class Mlp(nn.Module):
+    """``fc2(GELU(fc1(x)))`` with exact (erf) GELU, as timm's ``Mlp``."""
+
+    def __init__(self, dim: int, hidden: int, *, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.fc1 = nn.Linear(dim, hidden, **kw)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinStage(nn.Module):
+    """One stage (timm's ``BasicLayer``): ``blocks``, then ``downsample`` (patch merging) at the
+    END of the stage in the 0.6.12 layout; the last stage has none."""
+
+    def __init__(self, blocks: Sequence[nn.Module], downsample: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+
+def merge_patches(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W, C)`` -> ``(B, H/2, W/2, 4C)``, channel groups in timm's order
+    ``x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]``."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // 2, 2, W // 2, 2, C)  # (B, h, row parity, w, col parity, C)
+    return x.permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)
+
+
+# ---- backbone ---------------------------------------------------------------------------------
+
+
+class SwinDPTBackbone(nn.Module):
+    """``pretrained`` of the Swin/SwinV2 DPTs: runs ``model`` and returns the hooked block outputs
+    as ``(B, C_i, H/4/2**i, W/4/2**i)`` maps, finest first.
+
+    Hook ``i`` takes the output of ``model.layers[i].blocks[hooks[i]]``, before the stage's patch
+    merging (the official forward hooks on those blocks). Blocks after the last hook and the final
+    ``norm``/``head`` cannot change the depth output and are skipped; their weights still load.
+    """
+
+    def __init__(self, model: nn.Module, hooks: Sequence[int], *, variant: str):
+        super().__init__()
+        if len(hooks) != len(model.layers):
+            raise ValueError(f"need one hook per stage ({len(model.layers)}), got {list(hooks)}")
+        for i, (hook, stage) in enumerate(zip(hooks, model.layers, strict=True)):
+            if not 0 <= hook < len(stage.blocks):
+                raise ValueError(f"hook {hook} of stage {i} is outside [0, {len(stage.blocks)})")
+        self.model = model
+        self.hooks = tuple(hooks)
+        self.variant = variant
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        size = self.model.img_size
+        if x.ndim != 4 or tuple(x.shape[-2:]) != (size, size):
+            raise UnsupportedInputSizeError(
+                f"{self.variant} runs only at its native {size}x{size} input (its shifted-window "
+                f"masks and window layout are fixed to that size, as in the official model); "
+                f"got input of shape {tuple(x.shape)}. Resize the image to {size}x{size} "
+                "(keep_aspect_ratio=False), as the official transform does."
+            )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, 3, S, S)`` at the native size ``S`` -> four ``(B, C_i, H_i, W_i)`` maps."""
+        self._check_size(x)
+        x = self.model.patch_embed(x)  # (B, S/4, S/4, C)
+        features = []
+        last = len(self.model.layers) - 1
+        for i, stage in enumerate(self.model.layers):
+            hook = self.hooks[i]
+            for block in stage.blocks[: hook + 1]:
+                x = block(x)
+            # the official hook output (B, H*W, C) -> transpose(1, 2) -> unflatten(H, W)
+            features.append(x.permute(0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W)
+            if i == last:
+                break
+            for block in stage.blocks[hook + 1 :]:
+                x = block(x)
+            x = stage.downsample(x)  # (B, H/2, W/2, 2C)
+        return features
+
