@@ -21,8 +21,6 @@ from pathlib import Path
 
 from _common import ROOT, median, run_isolated
 
-sys.path.insert(0, str(ROOT / "tests"))
-
 PLAIN = """
 import torch
 from midaskit.variants import build_model
@@ -36,6 +34,17 @@ import midaskit
 loaded = midaskit.load({path!r})
 assert loaded.spec.name == {variant!r}
 """
+
+
+def _checkpoint_path(variant: str) -> Path:
+    """Generate/find the cached file in a child, so this parent never imports torch (a parent's
+    peak RSS would be inherited by the measured children)."""
+    code = f"import refweights; print(refweights.reference_checkpoint({variant!r}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, check=True, cwd=ROOT / "tests",
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def identify_wall(path: Path, repeat: int) -> float:
@@ -55,15 +64,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    import refweights
-
     print(f"threads: {args.threads}, repeats: {args.repeat} (median shown)")
     header = (f"{'variant':<22} {'file MB':>8} {'plain s':>8} {'ours s':>8} {'speedup':>8} "
               f"{'plain RSS':>10} {'ours RSS':>9} {'RSS/file':>9} {'identify s':>11}")
     print(header)
     print("-" * len(header))
     for variant in args.variants:
-        path = refweights.reference_checkpoint(variant)
+        path = _checkpoint_path(variant)
         size_mb = path.stat().st_size / 2**20
         plain = [run_isolated(PLAIN.format(variant=variant, path=str(path)),
                               threads=args.threads) for _ in range(args.repeat)]
