@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         progress=None if not args.quiet else False,
     )
     for step in summary.load_steps:
-        print(f"midaskit: loaded with {step}", file=sys.stderr)
+        print(f"midaskit: fixed while loading: {step.summary} ({step.reason})", file=sys.stderr)
     print(f"{summary.variant}: {summary.predicted} image(s) predicted, "
           f"{len(summary.written)} file(s) written to {args.out}"
           + (f", {len(summary.skipped)} skipped" if summary.skipped else ""))
