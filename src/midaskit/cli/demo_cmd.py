@@ -222,8 +222,12 @@ def run(args: argparse.Namespace) -> int:
     folder = _folder(args.out, args.overwrite)
     emit(f"midaskit demo: writing the scenarios into {folder}")
     failed = run_scenarios(SCENARIOS, folder, overwrite=args.overwrite)
+    from .demo_midas import run_midas_demo
+
+    if not run_midas_demo(folder, overwrite=args.overwrite):
+        failed.append("midas")
     if failed:
         emit(f"\n{len(failed)} scenario(s) did not behave as expected: {', '.join(failed)}")
         return EXIT_ERROR
-    emit(f"\nall {len(SCENARIOS)} scenarios behaved as expected; the files are in {folder}")
+    emit(f"\nall {len(SCENARIOS) + 1} scenarios behaved as expected; the files are in {folder}")
     return EXIT_OK
