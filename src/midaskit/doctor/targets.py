@@ -68,7 +68,7 @@ class Target:
         Derived buffers are those of modules defining ``derived_buffers()`` (see
         :mod:`midaskit.models.derived`) and every BatchNorm ``num_batches_tracked``.
         """
-        from ..models.derived import iter_derived_buffers
+        from ..models.derived import derived_buffer_keys
 
         metas = {k: meta_of(v) for k, v in model.state_dict().items()}
         module_types = {prefix: type(m).__name__ for prefix, m in model.named_modules()}
@@ -78,7 +78,7 @@ class Target:
                 value = module._buffers.get(buf)
                 if value is not None:
                     non_persistent[f"{prefix}.{buf}" if prefix else buf] = meta_of(value)
-        derived = {key for key, *_ in iter_derived_buffers(model)}
+        derived = set(derived_buffer_keys(model))
         return cls(metas, module_types, frozenset(derived), frozenset(unused), non_persistent,
                    name or f"your model ({type(model).__name__})", _module_deriver(model))
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedInputSizeError
-from .. import fastpath
+from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
 from ..reassemble import make_act_postprocess, reassemble
 
@@ -114,9 +114,10 @@ def relative_position_index(window: Sequence[int]) -> torch.Tensor:
     Entry ``[i, j]`` is the row of the bias table used by query token ``i`` and key token ``j``
     (token 0 is the class token): ``(dy + h - 1) * (2w - 1) + (dx + w - 1)`` between patches, and
     the last 3 rows of the table for class-to-patch, patch-to-class and class-to-class.
-    Returns a fresh CPU tensor (the cached copy is never handed out).
+    Returns the cached CPU tensor, shared by every caller: treat it as read-only (copying a
+    1025x1025 int64 table per block per call made loading BEiT-L 1.5 s slower).
     """
-    return _relative_position_index_cpu(int(window[0]), int(window[1])).clone()
+    return _relative_position_index_cpu(int(window[0]), int(window[1]))
 
 
 def resample_relative_position_bias_table(
@@ -166,7 +167,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        x = self.act(kernels.linear(x, self.fc1.weight, self.fc1.bias))
+        return kernels.linear(x, self.fc2.weight, self.fc2.bias)
 
 
 class BeitAttention(nn.Module):
@@ -194,7 +196,7 @@ class BeitAttention(nn.Module):
         )
         self.register_buffer(
             "relative_position_index",
-            relative_position_index(self.window).to(device=device),
+            relative_position_index(self.window).to(device=device, copy=True),
             persistent=True,
         )
         self.qkv = nn.Linear(dim, 3 * dim, bias=False, **kw)
@@ -204,25 +206,32 @@ class BeitAttention(nn.Module):
         """The stored index of the native grid (the official file keeps it)."""
         return {"relative_position_index": relative_position_index(self.window)}
 
-    def relative_position_bias(self, window: Sequence[int], index: torch.Tensor) -> torch.Tensor:
+    def relative_position_bias(
+        self, window: Sequence[int], index: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Bias ``(1, nH, N, N)`` for a patch grid ``window`` (``N = h*w + 1``).
 
         ``index`` is :func:`relative_position_index` of ``window`` on the table's device. Computed
         from the parameters on every call, so it can never be stale after new weights load.
+        ``out``, a ``(nH, N*N)`` buffer of the table's dtype, receives the bias when given: the
+        fast path reuses one buffer for every block of a forward, since at 512x512 a fresh
+        67 MB bias per block costs more in page faults than its gather.
         """
         table = self.relative_position_bias_table
         if tuple(window) != self.window:
             table = resample_relative_position_bias_table(table, self.window, window)
         n = index.shape[0]
         # index_select along the rows of the (nH, R) table is much faster than gathering rows
-        bias = torch.index_select(table.t().contiguous(), 1, index.view(-1))  # (nH, N*N)
+        bias = torch.index_select(
+            table.t().contiguous(), 1, index.view(-1), out=out
+        )  # (nH, N*N)
         return bias.view(1, self.num_heads, n, n)  # (1, nH, N, N)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``(B, N, C)`` tokens and a ``(1, nH, N, N)`` bias -> ``(B, N, C)``."""
         b, n, c = x.shape
         qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, qkv_bias)  # (B, N, 3C)
+        qkv = kernels.linear(x, self.qkv.weight, qkv_bias)  # (B, N, 3C)
         qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, nH, N, hd)
         if fastpath.enabled():
@@ -232,7 +241,7 @@ class BeitAttention(nn.Module):
             attn = (attn + bias).softmax(dim=-1)
             out = attn @ v  # (B, nH, N, hd)
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
-        return self.proj(out)
+        return kernels.linear(out, self.proj.weight, self.proj.bias)
 
 
 class BeitBlock(nn.Module):
@@ -250,10 +259,12 @@ class BeitBlock(nn.Module):
         self.gamma_2 = nn.Parameter(torch.full((dim,), dims.init_values, **kw))
 
     def forward(
-        self, x: torch.Tensor, window: tuple[int, int], index: torch.Tensor
+        self, x: torch.Tensor, window: tuple[int, int], index: torch.Tensor,
+        bias_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(B, N, C)`` -> ``(B, N, C)`` on patch grid ``window``."""
-        bias = self.attn.relative_position_bias(window, index)
+        """``(B, N, C)`` -> ``(B, N, C)`` on patch grid ``window``; ``bias_out``: see
+        :meth:`BeitAttention.relative_position_bias`."""
+        bias = self.attn.relative_position_bias(window, index, bias_out)
         x = x + self.gamma_1 * self.attn(self.norm1(x), bias)
         return x + self.gamma_2 * self.mlp(self.norm2(x))
 
@@ -301,9 +312,14 @@ class Beit(nn.Module):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # (B, 1, C)
         tokens = torch.cat((cls, tokens), dim=1)  # (B, N, C)
         index = self._index(window, tokens.device)
+        bias_out = None
+        if fastpath.enabled() and not torch.is_grad_enabled():
+            # one bias buffer for all blocks (out= cannot take part in autograd)
+            table = self.blocks[0].attn.relative_position_bias_table
+            bias_out = table.new_empty((table.shape[1], index.numel()))  # (nH, N*N)
         outputs: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks[: max(hooks) + 1]):
-            tokens = block(tokens, window, index)
+            tokens = block(tokens, window, index, bias_out)
             if i in hooks:
                 outputs[i] = tokens
         return [outputs[hook] for hook in hooks]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedInputSizeError
-from .. import fastpath
+from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
 from ..reassemble import make_act_postprocess, reassemble
 
@@ -121,7 +121,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        qkv = kernels.linear(x, self.qkv.weight, self.qkv.bias)  # (B, N, 3C), still fused
+        qkv = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, C / heads)
         if fastpath.enabled():
             x = F.scaled_dot_product_attention(q, k, v)
@@ -129,7 +130,7 @@ class Attention(nn.Module):
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # (B, heads, N, N)
             x = attn @ v
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        return self.proj(x)
+        return kernels.linear(x, self.proj.weight, self.proj.bias)
 
 
 class Mlp(nn.Module):
@@ -142,7 +143,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        x = self.act(kernels.linear(x, self.fc1.weight, self.fc1.bias))
+        return kernels.linear(x, self.fc2.weight, self.fc2.bias)
 
 
 class Block(nn.Module):
@@ -209,7 +211,9 @@ class VisionTransformer(nn.Module):
             patch_embed = PatchEmbed(cfg.patch_size, dim, **kw)
         self.patch_embed = patch_embed
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim, **kw))
-        self.pos_embed = nn.Parameter(torch.randn(1, cfg.grid**2 + 1, dim, **kw) * 0.02)
+        # trunc_normal_ (not randn) so a meta build stays cheap: randn on meta imports dynamo
+        self.pos_embed = nn.Parameter(torch.empty(1, cfg.grid**2 + 1, dim, **kw))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.Sequential(
             *[Block(dim, cfg.num_heads, cfg.mlp_ratio, **kw) for _ in range(cfg.depth)]
         )
