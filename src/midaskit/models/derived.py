@@ -2,8 +2,8 @@
 LeViT bias indices, BatchNorm's ``num_batches_tracked``.
 
 A module that owns such buffers defines ``derived_buffers(self) -> dict[str, Tensor]`` returning
-freshly computed values (CPU) for its own direct buffers; every buffer of such a module is
-derived. The loader uses it to fill buffers a file lacks (files re-saved from newer timm), to
+computed values (CPU; possibly shared caches, so never modified in place) for its own direct
+buffers. The loader uses it to fill buffers a file lacks (files re-saved from newer timm), to
 check that a file's stored copy is the true value, and to materialise non-persistent buffers of a
 model built on ``meta``.
 """
@@ -23,15 +23,8 @@ def _is_batchnorm(module: nn.Module) -> bool:
 
 
 def derived_buffer_keys(model: nn.Module) -> list[str]:
-    """The keys of every derived buffer of ``model``, without computing any value."""
-    keys = []
-    for prefix, module in model.named_modules():
-        dot = f"{prefix}." if prefix else ""
-        if callable(getattr(module, "derived_buffers", None)):
-            keys += [f"{dot}{name}" for name in module._buffers]
-        if _is_batchnorm(module):
-            keys.append(f"{dot}num_batches_tracked")
-    return keys
+    """The keys of every derived buffer of ``model``."""
+    return [key for key, *_ in iter_derived_buffers(model)]
 
 
 def iter_derived_buffers(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.Tensor]]:

@@ -53,7 +53,7 @@ class WindowAttention(nn.Module):
         table_size = (2 * window[0] - 1) * (2 * window[1] - 1)
         self.relative_position_bias_table = nn.Parameter(torch.empty(table_size, num_heads, **kw))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # timm's init
-        index = relative_position_index(window).to(device)
+        index = relative_position_index(window).to(device, copy=True)
         self.register_buffer("relative_position_index", index, persistent=True)
         self.qkv = nn.Linear(dim, 3 * dim, **kw)
         self.proj = nn.Linear(dim, dim, **kw)
@@ -108,7 +108,7 @@ class SwinTransformerBlock(nn.Module):
         if any(self.shift):
             # registered first: the official files list a block's attn_mask before its children
             mask = shifted_window_mask(resolution, self.window, self.shift)
-            self.register_buffer("attn_mask", mask.to(device=device, dtype=dtype))
+            self.register_buffer("attn_mask", mask.to(device=device, dtype=dtype, copy=True))
         else:
             self.attn_mask = None
         self.norm1 = nn.LayerNorm(dim, eps=1e-5, **kw)

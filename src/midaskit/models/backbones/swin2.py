@@ -15,6 +15,7 @@ the whole grid, so nothing is shifted); ``relative_coords_table``, ``relative_po
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -48,11 +49,14 @@ __all__ = [
 _LOGIT_SCALE_MAX = math.log(1.0 / 0.01)  # cosine-attention temperature is capped at 100
 
 
+@functools.lru_cache(maxsize=16)
+@torch.inference_mode(False)
 def relative_coords_table(window: tuple[int, int], pretrained_window: int) -> torch.Tensor:
     """``(1, 2*wh-1, 2*ww-1, 2)`` float32 log-spaced relative coordinates fed to ``cpb_mlp``.
 
     Offsets are normalised by the pre-training window (or the window itself when 0) to [-8, 8],
     then mapped by ``sign(t) * log2(|t| + 1) / log2(8)``, in timm's float32 operation order.
+    Cached and shared: read-only.
     """
     wh, ww = window
     dy = torch.arange(-(wh - 1), wh, dtype=torch.float32)
@@ -102,7 +106,7 @@ class WindowAttention(nn.Module):
         for name, value in self.derived_buffers().items():
             if value.is_floating_point() and dtype is not None:
                 value = value.to(dtype)
-            self.register_buffer(name, value.to(device), persistent=False)
+            self.register_buffer(name, value.to(device, copy=True), persistent=False)
         self.cpb_mlp = nn.Sequential(
             nn.Linear(2, 512, **kw), nn.ReLU(), nn.Linear(512, num_heads, bias=False, **kw)
         )
@@ -178,7 +182,7 @@ class SwinTransformerBlock(nn.Module):
         if any(self.shift):
             # registered first: the official files list a block's attn_mask before its children
             mask = shifted_window_mask(resolution, self.window, self.shift)
-            self.register_buffer("attn_mask", mask.to(device=device, dtype=dtype))
+            self.register_buffer("attn_mask", mask.to(device=device, dtype=dtype, copy=True))
         else:
             self.attn_mask = None
         self.attn = WindowAttention(dim, num_heads, self.window, pretrained_window, **kw)

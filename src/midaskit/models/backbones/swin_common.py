@@ -11,6 +11,7 @@ Tokens travel between blocks as ``(B, H, W, C)`` maps, the official ``(B, H*W, C
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,8 +108,13 @@ def window_and_shift(
     return win, sft  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=16)
+@torch.inference_mode(False)  # a normal tensor even when first asked for under inference_mode
 def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
-    """``(N, N)`` int64 index into a ``(2*wh-1) * (2*ww-1)`` bias table, ``N = wh * ww``."""
+    """``(N, N)`` int64 index into a ``(2*wh-1) * (2*ww-1)`` bias table, ``N = wh * ww``.
+
+    Cached and shared by every caller: read-only (register a copy as a buffer).
+    """
     wh, ww = window
     ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
     ys, xs = ys.reshape(-1), xs.reshape(-1)  # (N,)
@@ -117,11 +123,14 @@ def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
     return dy * (2 * ww - 1) + dx
 
 
+@functools.lru_cache(maxsize=16)
+@torch.inference_mode(False)
 def shifted_window_mask(
     resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
 ) -> torch.Tensor:
     """``(nW, N, N)`` float32 mask (0 / -100) of a shifted block: after the cyclic shift, tokens
-    from different image regions share a window and must not attend to each other."""
+    from different image regions share a window and must not attend to each other.
+    Cached and shared: read-only."""
     (H, W), (wh, ww), (sh, sw) = resolution, window, shift
 
     def region(n: int, win: int, sft: int) -> torch.Tensor:
