@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, str] = {
     "identify": "identify_cmd",
     "variants": "variants_cmd",
     "predict": "predict_cmd",
+    "convert": "convert_cmd",
+    "export": "export_cmd",
     "demo": "demo_cmd",
 }
 
@@ -53,9 +55,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _available_subcommands() -> dict[str, object]:
+def _available_subcommands(only: str | None = None) -> dict[str, object]:
     modules = {}
     for name, module_name in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            continue
         try:
             modules[name] = importlib.import_module(f"{__package__}.{module_name}")
         except ModuleNotFoundError as exc:  # a subcommand still being written is simply absent
@@ -64,8 +68,9 @@ def _available_subcommands() -> dict[str, object]:
     return modules
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``midaskit`` parser with every available subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``midaskit`` parser; with ``only``, just that subcommand (its module alone is
+    imported, which keeps ``midaskit identify`` free of the doctor's and torch's import time)."""
     parser = _Parser(
         prog="midaskit",
         description="Load any MiDaS checkpoint safely, explain why a checkpoint does not fit a "
@@ -78,15 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"midaskit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in _available_subcommands().values():
+    for module in _available_subcommands(only).values():
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _requested_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line, if it is the first non-option word."""
+    words = [a for a in argv if not a.startswith("-")]
+    return words[0] if words and words[0] in SUBCOMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_requested_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
