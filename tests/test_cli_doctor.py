@@ -17,6 +17,7 @@ from midaskit.cli import demo_cmd
 from midaskit.cli.main import main
 from midaskit.doctor.demo_models import TinyNet
 from midaskit.doctor.render import INSPECT_FIELDS
+from midaskit.outputs import read_pfm
 from test_doctor_render import validate_doctor_json
 
 MODEL = "midaskit.doctor.demo_models:tiny_convnet"
@@ -196,11 +197,14 @@ def test_demo_runs_every_scenario(tmp_path, capsys):
     folder = tmp_path / "demo"
     assert main(["demo", "--out", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert out.count("\n=== ") == len(demo_cmd.SCENARIOS) == 6
+    assert out.count("\n=== ") == len(demo_cmd.SCENARIOS) + 1 == 7  # + the MiDaS step
     assert out.count("load_state_dict(strict=True) into a fresh TinyNet: ok") == 5
     assert f"refused globals: io.open; {demo_cmd.MARKER} was not created" in out
     assert not (folder / demo_cmd.MARKER).exists()
     assert (folder / "dataparallel.fixed.pt").exists()
+    # the MiDaS step: a synthetic official file identified, loaded and run on the shipped image
+    assert "SYNTHETIC weights" in out and "midas_v21_small_256 (MiDaS 2.1)" in out
+    assert read_pfm(folder / "depth" / "demo.pfm").shape == (240, 320)
     assert main(["demo", "--out", str(folder)]) == 4  # not empty
     assert "not empty" in capsys.readouterr().err
 

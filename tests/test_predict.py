@@ -144,10 +144,3 @@ def test_cli_variants_lists_the_registry(capsys):
     assert "dpt_beit_large_512" in out and "DPT_SwinV2_T_256" in out
     assert len(out.strip().splitlines()) == 2 + 13
 
-
-def test_demo_runs_every_scenario(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    assert "SYNTHETIC weights" in out and "midas_v21_small_256 (MiDaS 2.1)" in out
-    assert (tmp_path / "demo" / "depth" / "demo.pfm").exists()
-    assert read_pfm(tmp_path / "demo" / "depth" / "demo.pfm").shape == (240, 320)
