@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _WRAPPER = """
 import json, resource, sys, time
 sys.path.insert(0, {tests!r})
+{setup}
 t0 = time.perf_counter()
 {body}
 elapsed = time.perf_counter() - t0
@@ -22,9 +23,10 @@ print("@@RESULT@@" + json.dumps({{
 """
 
 
-def run_isolated(body: str, *, threads: int = 2) -> dict:
-    """Run ``body`` in a new Python process; returns its ``seconds`` and ``peak_rss_mb``."""
-    code = _WRAPPER.format(tests=str(ROOT / "tests"), body=body)
+def run_isolated(body: str, *, threads: int = 2, setup: str = "") -> dict:
+    """Run ``setup`` then ``body`` in a new Python process; returns the ``seconds`` of ``body``
+    and the process's ``peak_rss_mb``."""
+    code = _WRAPPER.format(tests=str(ROOT / "tests"), body=body, setup=setup)
     env_threads = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     import os
 
