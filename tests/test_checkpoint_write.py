@@ -97,7 +97,7 @@ def test_failed_write_leaves_the_target_and_no_temporary(tensors, tmp_path, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(MidaskitError, match="disk full"):
         write_checkpoint(tensors, path, fmt="torch", overwrite=True)
     assert path.read_bytes() == b"old"
     _no_temporaries(tmp_path)

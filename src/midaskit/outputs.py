@@ -7,15 +7,14 @@ scaled; PFM holds the raw float32 prediction, bottom row first, little-endian (n
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import ImageReadError, OutputExistsError
+from .checkpoint.write import atomic_write
+from .errors import ImageReadError, MidaskitError, OutputExistsError
 
 __all__ = [
     "FORMATS",
@@ -42,16 +41,18 @@ def check_writable(path: Path, *, overwrite: bool, inputs: frozenset[Path] = fro
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to ``path`` (creating its folders) through a temporary file in the same
+    folder, flushed, then renamed: ``path`` never holds a partial file.
+
+    Raises:
+        MidaskitError: the folder or file cannot be written (no permission, disk full, ...).
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MidaskitError(f"{path.parent}: cannot create the folder ({exc.strerror or exc})"
+                            ) from exc
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def encode_pfm(depth: np.ndarray) -> bytes:

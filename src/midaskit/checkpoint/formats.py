@@ -15,7 +15,7 @@ from midaskit.errors import CheckpointFormatError
 
 from .types import FormatName
 
-__all__ = ["sniff", "LEGACY_MAGIC", "PARTIAL_SUFFIXES", "truncated"]
+__all__ = ["sniff", "LEGACY_MAGIC", "PARTIAL_SUFFIXES", "truncated", "exception_text"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of every pre-1.6 torch.save file
 _LEGACY_HEAD = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
@@ -34,6 +34,13 @@ def truncated(path: Path, what: str) -> CheckpointFormatError:
         f"{path}: truncated: {what}; the download was probably interrupted (or the copy "
         "failed): download it again"
     )
+
+
+def exception_text(exc: BaseException) -> str:
+    """A library exception's message fit for our one-line errors: zipfile and pickle quote the
+    file's bytes in theirs (a whole header, an INT opcode's line), newlines included."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def sniff(path: Path) -> FormatName:

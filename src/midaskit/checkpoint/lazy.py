@@ -153,7 +153,7 @@ class Storage:
         """Raise when the storage's bytes lie outside the file (truncated or corrupt)."""
         end = self.byte_offset + self.nbytes
         if self.byte_offset < 0 or end > self._file.size:
-            what = f"storage {self.key!r} needs bytes {self.byte_offset}..{end}"
+            what = f"storage {self.key!r:.80} needs bytes {self.byte_offset}..{end}"
             raise truncated(self._file.path, f"{what}, the file has {self._file.size}")
 
     def as_torch(self) -> torch.Tensor:
@@ -188,8 +188,8 @@ def check_view(
     capacity, rest = divmod(storage.nbytes, DTYPE_SIZES[dtype])
     if rest:
         raise CheckpointFormatError(
-            f"corrupt tensor record: storage {storage.key!r} of {storage.nbytes} bytes is not a "
-            f"whole number of {dtype} elements"
+            f"corrupt tensor record: storage {storage.key!r:.80} of {storage.nbytes} bytes is not "
+            f"a whole number of {dtype} elements"
         )
     if len(shape) != len(stride) or len(shape) > _MAX_NDIM:
         raise CheckpointFormatError(
@@ -205,7 +205,7 @@ def check_view(
     if last >= capacity:
         raise CheckpointFormatError(
             f"corrupt tensor record: a {shape} view at offset {offset} reaches element {last} of "
-            f"storage {storage.key!r}, which holds {capacity}"
+            f"storage {storage.key!r:.80}, which holds {capacity}"
         )
 
 

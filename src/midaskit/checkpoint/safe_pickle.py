@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from midaskit.errors import CheckpointFormatError, UnsafeCheckpointError
 
+from .formats import exception_text
 from .lazy import LazyTensor, Storage, check_view
 from .types import DTYPE_SIZES
 
@@ -43,6 +44,11 @@ __all__ = [
 
 _MAX_KEY_NODES = 10_000  # a dict/set key is hashed recursively by C code: bound its size
 _MAX_KEY_DEPTH = 32
+# entries added to lists, dicts and sets over one pickle: torch pickles ~2 per tensor, so a real
+# checkpoint has thousands; memo references make an entry cost 2 bytes of file and ~100 of memory
+_MAX_ITEMS = 5_000_000
+_MAX_NAME = 120  # characters of a refused global's name shown in messages
+_MAX_SHOWN = 20  # refused globals named in the message (the error's ``globals`` holds all)
 
 
 class Placeholder:
@@ -336,6 +342,15 @@ def _refuse_extension(self: SafeUnpickler) -> None:
     raise CheckpointFormatError("corrupt pickle: extension codes are never in a torch file")
 
 
+def _load_bytearray8(self: SafeUnpickler) -> None:
+    # pickle's own allocates (and zero-fills) the declared size before reading: 2**40 bytes
+    (size,) = struct.unpack("<Q", self.read(8))
+    data = self.read(size)  # never more than the file holds
+    if len(data) < size:
+        raise CheckpointFormatError(f"truncated pickle: a bytearray of {size:,} bytes is cut off")
+    self.append(bytearray(data))
+
+
 def _check_build(self: SafeUnpickler) -> None:
     inst, state = self.stack[-2], self.stack[-1]
     if isinstance(inst, Placeholder):
@@ -355,11 +370,15 @@ class SafeUnpickler(_BASE):
     dispatch = dict(_BASE.dispatch)
     for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_op[0]] = _refuse_extension
-    dispatch[pickle.SETITEM[0]] = _guard(pickle.SETITEM, lambda u: _check_keys(u.stack[-2:-1]))
-    for _op in (pickle.SETITEMS, pickle.DICT):
-        dispatch[_op[0]] = _guard(_op, lambda u: _check_keys(u.stack[0::2]))
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    dispatch[pickle.SETITEM[0]] = _guard(pickle.SETITEM, lambda u: u.add_items(1, u.stack[-2:-1]))
+    for _op in (pickle.SETITEMS, pickle.DICT):  # MARK-based: the marked items are all of `stack`
+        dispatch[_op[0]] = _guard(_op, lambda u: u.add_items(len(u.stack) // 2, u.stack[0::2]))
     for _op in (pickle.ADDITEMS, pickle.FROZENSET):
-        dispatch[_op[0]] = _guard(_op, lambda u: _check_keys(u.stack))
+        dispatch[_op[0]] = _guard(_op, lambda u: u.add_items(len(u.stack), u.stack))
+    dispatch[pickle.APPEND[0]] = _guard(pickle.APPEND, lambda u: u.add_items(1))
+    for _op in (pickle.APPENDS, pickle.LIST):
+        dispatch[_op[0]] = _guard(_op, lambda u: u.add_items(len(u.stack)))
     dispatch[pickle.BUILD[0]] = _guard(pickle.BUILD, _check_build)
     del _op
 
@@ -370,12 +389,24 @@ class SafeUnpickler(_BASE):
         self.refused: dict[str, None] = {}
         self._placeholders: dict[str, type[Placeholder]] = {}
         self._storage_loader = storage_loader
+        self._items = 0
+
+    def add_items(self, count: int, keys: Iterable[object] = ()) -> None:
+        """Check the ``count`` entries an opcode adds to a list/dict/set, and its ``keys``."""
+        self._items += count
+        if self._items > _MAX_ITEMS:
+            raise CheckpointFormatError(
+                f"corrupt or hostile pickle: it builds more than {_MAX_ITEMS:,} list/dict/set "
+                "entries (a checkpoint has a few per tensor)"
+            )
+        _check_keys(keys)
 
     def find_class(self, module: str, name: str) -> Any:
         qualname = ".".join(_py3_name(module, name))
         allowed = ALLOWED_GLOBALS.get(qualname)
         if allowed is not None:
             return allowed
+        qualname = _shown_name(qualname)
         self.refused[qualname] = None
         if qualname not in self._placeholders:
             self._placeholders[qualname] = _placeholder_class(qualname)
@@ -389,6 +420,14 @@ class SafeUnpickler(_BASE):
         if pid[0] != "storage" or self._storage_loader is None:
             raise CheckpointFormatError(f"corrupt pickle: unexpected persistent id {pid!r:.60}")
         return self._storage_loader(_storage_record(pid))
+
+
+def _shown_name(qualname: str) -> str:
+    """A refused global's name fit for a one-line message: ``STACK_GLOBAL`` takes any strings,
+    so a name may hold newlines or run to megabytes."""
+    if not qualname.isprintable():
+        qualname = qualname.encode("unicode_escape").decode("ascii")
+    return qualname if len(qualname) <= _MAX_NAME else qualname[: _MAX_NAME - 3] + "..."
 
 
 def _storage_record(pid: tuple) -> StorageRecord:
@@ -437,9 +476,9 @@ def safe_load(
     except RecursionError:
         problem = "corrupt pickle: nested too deeply"
     except (pickle.UnpicklingError, EOFError, struct.error) as exc:
-        problem = f"corrupt or truncated pickle ({exc})"
+        problem = f"corrupt or truncated pickle ({exception_text(exc)})"
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
-        problem = f"corrupt pickle ({type(exc).__name__}: {exc})"
+        problem = f"corrupt pickle ({type(exc).__name__}: {exception_text(exc)})"
     except MemoryError:
         problem = "corrupt pickle: it asks for more memory than is available"
     else:
@@ -455,8 +494,11 @@ def unsafe_error(source: str, refused: Iterable[str]) -> UnsafeCheckpointError:
     what = "a pickled model or other Python objects, not only tensors"
     if any(n.startswith("__torch__.") for n in names):
         what = "a TorchScript program (torch.jit.save), not a state dict"
+    shown = ", ".join(names[:_MAX_SHOWN])
+    if len(names) > _MAX_SHOWN:
+        shown += f" and {len(names) - _MAX_SHOWN:,} more"
     message = (
-        f"{source}: refused to load: it holds {what}; refused globals: {', '.join(names)}. "
+        f"{source}: refused to load: it holds {what}; refused globals: {shown}. "
         f"Nothing from the file was run. List its tensors anyway with `midaskit inspect {source}` "
         "(mode='inspect'), or re-save the weights only, in an environment you trust: "
         "torch.save(model.state_dict(), path)"

@@ -21,6 +21,9 @@ from .types import DTYPE_SIZES, Loaded
 __all__ = ["load_safetensors", "SAFETENSORS_DTYPES", "MAX_HEADER_BYTES"]
 
 MAX_HEADER_BYTES = 100_000_000
+# JSON values in the header, counted by their commas before parsing: ~6 per tensor, and a 2-byte
+# ``{},`` parses to a 64-byte dict, so a 100 MB header could take gigabytes without a cap
+MAX_HEADER_VALUES = 5_000_000
 SAFETENSORS_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
@@ -45,8 +48,14 @@ def load_safetensors(mapped: MappedFile) -> Loaded:
     if data_start > size:
         what = f"the safetensors header needs {data_start:,} bytes, the file has {size:,}"
         raise truncated(path, what)
+    raw = mm[8:data_start]
+    if raw.count(b",") > MAX_HEADER_VALUES:
+        raise CheckpointFormatError(
+            f"{path}: corrupt or hostile safetensors header: more than {MAX_HEADER_VALUES:,} "
+            "values (a real header has a few per tensor)"
+        )
     try:
-        header = json.loads(mm[8:data_start])
+        header = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise CheckpointFormatError(f"{path}: corrupt safetensors header ({exc})") from None
     if not isinstance(header, dict):
@@ -62,7 +71,7 @@ def load_safetensors(mapped: MappedFile) -> Loaded:
     for begin, stop, name, _, _ in entries:
         if begin != end:
             problem = "overlaps the previous tensor" if begin < end else "leaves a gap before it"
-            raise CheckpointFormatError(f"{path}: corrupt safetensors file: {name!r} {problem}")
+            raise CheckpointFormatError(f"{path}: corrupt safetensors file: {name!r:.80} {problem}")
         end = stop
     data_len = size - data_start
     if end > data_len:
@@ -80,25 +89,28 @@ def load_safetensors(mapped: MappedFile) -> Loaded:
 
 def _entry(path: object, name: str, info: object) -> tuple[int, int, str, str, tuple[int, ...]]:
     """``(begin, end, name, dtype, shape)`` of one header entry, validated."""
-    bad = CheckpointFormatError(f"{path}: corrupt safetensors header entry {name!r}")
     if not isinstance(info, dict):
-        raise bad
+        raise _bad_entry(path, name)
     dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))  # type: ignore[arg-type]
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if dtype is None:
         raise CheckpointFormatError(
-            f"{path}: unsupported safetensors dtype {info.get('dtype')!r:.20} for {name!r}"
+            f"{path}: unsupported safetensors dtype {info.get('dtype')!r:.20} for {name!r:.80}"
         )
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-        raise bad
+        raise _bad_entry(path, name)
     if not isinstance(offsets, list) or len(offsets) != 2 or type(offsets[0]) is not int:
-        raise bad
+        raise _bad_entry(path, name)
     if type(offsets[1]) is not int:
-        raise bad
+        raise _bad_entry(path, name)
     begin, end = offsets
     if not 0 <= begin <= end or end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
         raise CheckpointFormatError(
-            f"{path}: corrupt safetensors header: {name!r} has {end - begin} bytes for a "
+            f"{path}: corrupt safetensors header: {name!r:.80} has {end - begin} bytes for a "
             f"{dtype} tensor of shape {tuple(shape)}"
         )
     return begin, end, name, dtype, tuple(shape)
+
+
+def _bad_entry(path: object, name: str) -> CheckpointFormatError:
+    return CheckpointFormatError(f"{path}: corrupt safetensors header entry {name!r:.80}")

@@ -62,7 +62,7 @@ def load_torch_legacy(mapped: MappedFile) -> Loaded:
     _place_storages(mapped, roots, keys, reader.tell())
     for view, root, offset in views.values():
         if offset < 0 or offset + view.numel > root.numel:
-            raise CheckpointFormatError(f"{path}: corrupt storage view {view.key!r}")
+            raise CheckpointFormatError(f"{path}: corrupt storage view {view.key!r:.80}")
         view.byte_offset = root.byte_offset + offset * root.itemsize
     return Loaded(obj, tuple(sorted(refused)))
 
@@ -74,13 +74,13 @@ def _place_storages(
     for key in keys:
         storage = roots.get(key)
         if storage is None:
-            raise CheckpointFormatError(f"{path}: corrupt: storage {key!r} is never used")
+            raise CheckpointFormatError(f"{path}: corrupt: storage {key!r:.80} is never used")
         if pos + 8 > mapped.size:
-            raise truncated(path, f"the data of storage {key!r} is missing")
+            raise truncated(path, f"the data of storage {key!r:.80} is missing")
         (count,) = struct.unpack("<q", mm[pos : pos + 8])
         if count < storage.numel:
             raise CheckpointFormatError(
-                f"{path}: corrupt: storage {key!r} holds {count} elements, its tensors need "
+                f"{path}: corrupt: storage {key!r:.80} holds {count} elements, its tensors need "
                 f"{storage.numel}"
             )
         storage.numel, storage.byte_offset = count, pos + 8
@@ -88,4 +88,5 @@ def _place_storages(
         pos += 8 + storage.nbytes
     missing = [key for key, storage in roots.items() if storage.byte_offset < 0]
     if missing:
-        raise CheckpointFormatError(f"{path}: corrupt: no data for storages {missing[:5]}")
+        shown = ", ".join(f"{key!r:.40}" for key in missing[:5])
+        raise CheckpointFormatError(f"{path}: corrupt: no data for storages {shown}")

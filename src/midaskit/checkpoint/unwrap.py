@@ -22,6 +22,9 @@ from .safe_pickle import Placeholder
 __all__ = ["Unwrapped", "find_state_dict", "describe", "is_ema_path"]
 
 MAX_DEPTH = 32  # containers nested deeper than this are not a training script's checkpoint
+# submodules visited when flattening a pickled model; a model has hundreds, but a pickle can share
+# one submodule under two names at every level, doubling the walk 32 times
+MAX_SUBMODULES = 100_000
 # subtrees that hold training state, never the model's weights
 _TRAINING_STATE_KEYS = frozenset(
     {
@@ -92,7 +95,10 @@ def find_state_dict(
         CheckpointFormatError: no tensors anywhere (or none at ``path``).
     """
     where = f"{source}: " if source else ""
-    candidates = _walk(root)
+    try:
+        candidates = _walk(root)
+    except CheckpointFormatError as exc:  # a pickled model too large to flatten
+        raise CheckpointFormatError(f"{where}{exc}") from None
     if not candidates:
         raise CheckpointFormatError(f"{where}no tensors found: the file holds {_summary(root)}")
     if path is not None:
@@ -186,8 +192,15 @@ def _module_state_dict(module: Placeholder) -> OrderedDict:
     """What ``module.state_dict()`` would hold, from a pickled module's recorded ``__dict__``."""
     out: OrderedDict = OrderedDict()
     stack: list[tuple[str, object, int]] = [("", module, 0)]
+    visits = 0
     while stack:
         prefix, mod, depth = stack.pop()
+        visits += 1
+        if visits > MAX_SUBMODULES:
+            raise CheckpointFormatError(
+                f"corrupt or hostile pickled model: {module.qualname} has more than "
+                f"{MAX_SUBMODULES:,} submodules (shared submodules repeated at every level)"
+            )
         state = mod.state if isinstance(mod, Placeholder) else None
         if not isinstance(state, dict) or depth > MAX_DEPTH:
             continue
@@ -254,6 +267,8 @@ def describe(value: object) -> str:
         return f"{len(value)} bytes"
     if isinstance(value, set | frozenset):
         return f"set of {len(value)} items"
+    if isinstance(value, int) and value.bit_length() > 64:  # str() refuses > 4300 digits
+        return f"int of {value.bit_length()} bits"
     if value is None or isinstance(value, bool | int | float | complex):
         return str(value)
     return type(value).__name__

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 from midaskit.errors import MidaskitError, OutputExistsError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["write_checkpoint"]
+__all__ = ["write_checkpoint", "atomic_write"]
+
+PathLike = str | os.PathLike[str]
 
 
 def write_checkpoint(
@@ -28,7 +30,7 @@ def write_checkpoint(
     fmt: Literal["torch", "safetensors"] | None = None,
     metadata: dict[str, str] | None = None,
     overwrite: bool = False,
-    source: str | os.PathLike[str] | None = None,
+    source: PathLike | Iterable[PathLike] | None = None,
 ) -> Path:
     """Write ``tensors`` as a plain state dict.
 
@@ -40,13 +42,16 @@ def write_checkpoint(
         metadata: string metadata, stored in the safetensors header (torch files have no place for
             it and ignore it).
         overwrite: replace an existing ``path``.
-        source: the file the tensors were read from; it is never replaced, even with ``overwrite``.
+        source: the file(s) the tensors were read from (the checkpoint, a reference it was
+            compared with); they are never replaced, even with ``overwrite``.
 
     Returns:
         The written path.
 
     Raises:
-        OutputExistsError: ``path`` exists (and no ``overwrite``), is a folder, or is ``source``.
+        OutputExistsError: ``path`` exists (and no ``overwrite``), is a folder, or is a ``source``.
+        MidaskitError: the file cannot be written (missing folder, no permission, disk full);
+            nothing is left behind.
     """
     import torch
 
@@ -59,34 +64,62 @@ def write_checkpoint(
         raise MidaskitError(f"write_checkpoint: entries that are not str -> tensor: {bad[:5]}")
     _check_target(path, overwrite, source)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    def save(fh: IO[bytes]) -> None:
+        if fmt == "torch":
+            torch.save(dict(tensors), fh)
+        else:
+            from safetensors.torch import save
+
+            fh.write(save(_unshared(tensors), metadata=metadata))
+
+    atomic_write(path, save)
+    return path
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, then rename it to ``path``.
+
+    The data is flushed to disk before the rename, so ``path`` is either its old self or the
+    whole new file, even after a crash; on any failure the temporary file is removed. The file
+    gets mode 0644 (``mkstemp`` creates 0600).
+
+    Raises:
+        MidaskitError: an ``OSError`` while writing (the message names ``path`` and the cause).
+    """
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
-            if fmt == "torch":
-                torch.save(dict(tensors), fh)
-            else:
-                from safetensors.torch import save
-
-                fh.write(save(_unshared(tensors), metadata=metadata))
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from exc
         raise
-    return path
 
 
-def _check_target(path: Path, overwrite: bool, source: str | os.PathLike[str] | None) -> None:
+def _cannot_write(path: Path, exc: OSError) -> MidaskitError:
+    return MidaskitError(f"{path}: cannot write it ({exc.strerror or exc})")
+
+
+def _check_target(
+    path: Path, overwrite: bool, source: PathLike | Iterable[PathLike] | None
+) -> None:
     if path.is_dir():
         raise OutputExistsError(f"{path} is a directory; give a file name to write to")
     if not path.exists():
         return
-    if source is not None and Path(source).exists() and os.path.samefile(path, source):
+    sources = [source] if isinstance(source, str | os.PathLike) else list(source or ())
+    if any(Path(s).exists() and os.path.samefile(path, s) for s in sources):
         raise OutputExistsError(
-            f"{path} is the checkpoint being read; refusing to replace it, write to a new file"
+            f"{path} is a checkpoint being read; refusing to replace it, write to a new file"
         )
     if not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
