@@ -22,7 +22,7 @@ from pathlib import Path
 from _common import ROOT, median, run_isolated
 
 # imported before the clock starts in both paths: the comparison is of building and loading
-SETUP = "import torch, midaskit, midaskit.load"
+SETUP = "import torch, midaskit, midaskit.loading"
 
 PLAIN = """
 from midaskit.variants import build_model

@@ -21,7 +21,7 @@ from midaskit.checkpoint.write import atomic_write
 from midaskit.cli.main import main as cli
 from midaskit.errors import EXIT_ERROR, MidaskitError, OutputExistsError
 from midaskit.outputs import atomic_write_bytes, read_pfm
-from midaskit.predict import predict
+from midaskit.prediction import predict
 from test_image_inputs import GRADIENT, StandIn
 
 
@@ -189,10 +189,9 @@ def test_doctor_fix_failures_are_one_line(ddp, target: str, capsys, monkeypatch)
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["ddp.pt", "reference.pt"]
 
 
-@pytest.mark.xfail(strict=True, reason="doctor_cmd passes only FILE as write_checkpoint's source; "
-                   "reported to the lead (pass source=(args.file, args.against))")
 def test_doctor_fix_never_replaces_the_reference(ddp, capsys) -> None:
     checkpoint, reference = ddp
     before = reference.read_bytes()
-    cli(_doctor(checkpoint, reference, "--fix", str(reference), "--overwrite"))
+    assert cli(_doctor(checkpoint, reference, "--fix", str(reference), "--overwrite")) == EXIT_ERROR
     assert reference.read_bytes() == before
+    assert "reference.pt" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import fuzz_util as fu
 from midaskit.errors import MidaskitError
-from midaskit.load import load  # not midaskit.load: see test_public_functions_survive_...
+from midaskit.loading import load  # not midaskit.load: see test_public_functions_survive_...
 
 CASES_PER_FORMAT = 550
 FUZZ = settings(

@@ -10,7 +10,7 @@ import refweights
 from conftest import REFERENCE, VARIANT_NAMES
 from drift_util import to_new_timm_layout
 from midaskit.checkpoint.types import TensorMeta
-from midaskit.identify import identify_metas
+from midaskit.identification import identify_metas
 from midaskit.variants import get_variant
 
 

@@ -25,7 +25,7 @@ import fuzz_util as fu
 from midaskit.cli.main import main as cli
 from midaskit.errors import EXIT_FIXED, ImageReadError
 from midaskit.outputs import read_pfm
-from midaskit.predict import predict
+from midaskit.prediction import predict
 from midaskit.preprocess import MAX_IMAGE_PIXELS, Transform, read_image
 from midaskit.variants import get_variant
 

@@ -13,7 +13,7 @@ from midaskit import load
 from midaskit.cli.main import main
 from midaskit.errors import OutputExistsError
 from midaskit.outputs import read_pfm
-from midaskit.predict import collect_inputs, predict, predict_arrays
+from midaskit.prediction import collect_inputs, predict, predict_arrays
 from midaskit.preprocess import read_image
 
 VARIANT = "midas_v21_small_256"

@@ -26,12 +26,12 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it, imported on first access
 _LAZY = {
-    "identify": "identify",
-    "Identification": "identify",
-    "load": "load",
-    "LoadedModel": "load",
-    "predict": "predict",
-    "predict_arrays": "predict",
+    "identify": "identification",
+    "Identification": "identification",
+    "load": "loading",
+    "LoadedModel": "loading",
+    "predict": "prediction",
+    "predict_arrays": "prediction",
     "read_image": "preprocess",
     "Transform": "preprocess",
     "open_checkpoint": "checkpoint",

@@ -18,7 +18,7 @@ def run_midas_demo(folder: Path, *, overwrite: bool = False) -> bool:
     """Write, identify, load and predict; returns whether every step behaved as expected."""
     import torch
 
-    from ..load import load
+    from ..loading import load
     from ..synthetic import synthetic_state_dict
     from .main import main
 

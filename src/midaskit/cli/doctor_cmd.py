@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
             _verify(tensors, target, model)
             loaded = model is not None
             output = str(write_checkpoint(tensors, args.fix, fmt=args.fmt,
-                                          overwrite=args.overwrite, source=args.file))
+                                          overwrite=args.overwrite,
+                                          source=[p for p in (args.file, args.against) if p]))
     _show(args, report, plan, records, output, loaded)
     return EXIT_FIXED if output else plan.exit_code
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
-from ..identify import identify
+from ..errors import EXIT_INCOMPATIBLE, EXIT_OK, EXIT_UNREADABLE
+from ..identification import identify
 
 __all__ = ["add_parser", "run"]
 
 EPILOG = """\
 Reads only the file's metadata (key names and shapes): no tensor bytes, no pickle code, no torch.
+Exit codes: 0 identified, 2 not a MiDaS checkpoint (the closest variant is shown), 3 unreadable,
+or the file also holds Python objects that load/predict would refuse (a warning says which).
 
 examples:
   midaskit identify dpt_beit_large_512.pt
@@ -45,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             "wrapper": result.wrapper,
             "prefix": result.prefix,
             "drifts": result.drifts,
+            "unsafe_globals": list(result.unsafe_globals),
             "evidence": result.evidence,
             "candidates": [asdict(c) for c in result.candidates[: args.top]],
         }
@@ -59,4 +64,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"    {c.variant:<24} score {c.score:.3f}  ({c.matched} matching entries, "
                       f"{c.missing} missing, {c.unexpected} unexpected, "
                       f"{c.mismatched} other shape)")
-    return 0 if result.variant else 2
+    if result.unsafe_globals:
+        print(f"midaskit: warning: {args.file} also holds Python objects, not only tensors "
+              f"({', '.join(result.unsafe_globals[:5])}); midaskit load/predict refuse it. "
+              "Nothing was run. Re-save the weights alone: torch.save(model.state_dict(), path)",
+              file=sys.stderr)
+        return EXIT_UNREADABLE
+    return EXIT_OK if result.variant else EXIT_INCOMPATIBLE

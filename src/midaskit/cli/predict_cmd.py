@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predict import predict
+    from ..prediction import predict
 
     summary = predict(
         args.inputs, args.out, weights=args.weights, variant=args.variant, device=args.device,

@@ -20,7 +20,7 @@ from typing import Any
 from .checkpoint.types import TensorMeta
 from .doctor import FixRecord, Report, Target, Verdict, apply_fixes, diagnose
 from .errors import IncompatibleCheckpointError
-from .identify import Identification, identify_metas
+from .identification import Identification, identify_metas
 from .layouts import load_layout
 from .preprocess import Transform
 from .variants import VariantSpec, build_model, get_variant

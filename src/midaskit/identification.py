@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .checkpoint.types import TensorMeta
@@ -67,6 +67,8 @@ class Identification:
         drifts: names of known layout drifts found (e.g. ``"swin-timm09-layout"``).
         relative: the name of a non-MiDaS layout the file was recognised as, if any.
         wrapper: a known wrapper around a MiDaS model (``"ZoeDepth"``), if any.
+        unsafe_globals: Python objects besides tensors that the file's pickle names (read as
+            inert placeholders here; ``load`` refuses such a file).
     """
 
     variant: str | None
@@ -76,6 +78,7 @@ class Identification:
     drifts: list[str] = field(default_factory=list)
     relative: str | None = None
     wrapper: str | None = None
+    unsafe_globals: tuple[str, ...] = ()
 
     @property
     def best(self) -> Candidate | None:
@@ -224,10 +227,16 @@ def identify_metas(metas: Mapping[str, TensorMeta]) -> Identification:
 def identify(path: str | Path) -> Identification:
     """Identify the MiDaS variant of a checkpoint file from its metadata (no tensor bytes read).
 
+    Unknown objects in the pickle are read as inert placeholders and listed in
+    ``unsafe_globals``; nothing from the file runs.
+
     Raises:
         CheckpointFormatError: the file is not a readable checkpoint.
-        UnsafeCheckpointError: never; unknown objects are inspected as inert placeholders.
     """
-    from .checkpoint import read_state_dict_meta
+    from .checkpoint import find_state_dict, open_checkpoint
 
-    return identify_metas(read_state_dict_meta(path, mode="inspect"))
+    with open_checkpoint(path, mode="inspect") as ckpt:
+        found = find_state_dict(ckpt.root, source=Path(path).name)
+        metas = {k: t.meta for k, t in found.tensors.items()}
+        unsafe = tuple(ckpt.unsafe_globals)
+    return replace(identify_metas(metas), unsafe_globals=unsafe)

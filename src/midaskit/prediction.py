@@ -150,7 +150,7 @@ def predict(
     Returns:
         the summary; ``summary.skipped`` lists unreadable inputs, which never stop the run.
     """
-    from .load import load
+    from .loading import load
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
