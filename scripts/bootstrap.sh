@@ -11,4 +11,4 @@ fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev,bench,hf,onnx]"

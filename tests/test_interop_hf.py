@@ -190,3 +190,22 @@ def test_cli_round_trip_with_checks(variant, reference_checkpoint, tmp_path, cap
     for key in original:
         if key not in dropped or key.endswith("attn_mask"):
             assert torch.equal(restored[key], original[key]), key
+
+
+@pytest.mark.slow
+def test_load_and_identify_accept_a_transformers_folder(reference_checkpoint, tmp_path):
+    import midaskit
+
+    variant = "dpt_swin2_tiny_256"
+    path = reference_checkpoint(variant)
+    assert main(["convert", str(path), "--to", "hf", str(tmp_path / "hf"), "--no-check"]) == 0
+    for given in (tmp_path / "hf", tmp_path / "hf" / "model.safetensors"):
+        ident = midaskit.identify(given)
+        assert ident.variant == variant and "transformers" in ident.wrapper
+        loaded = midaskit.load(given)
+        assert loaded.spec.name == variant
+        assert "FromTransformers" in [s.fix for s in loaded.steps]
+    x = torch.from_numpy(np.load(REFERENCE / "expected" / f"input_{variant}.npy"))
+    official = midaskit.load(path).model
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(x), official(x))

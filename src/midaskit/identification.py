@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .checkpoint.types import TensorMeta
 from .drift import detect_drifts, undo_drift_key
+from .errors import MidaskitError
 from .layouts import load_layout
 from .variants import all_variants, get_variant
 
@@ -225,7 +226,8 @@ def identify_metas(metas: Mapping[str, TensorMeta]) -> Identification:
 
 
 def identify(path: str | Path) -> Identification:
-    """Identify the MiDaS variant of a checkpoint file from its metadata (no tensor bytes read).
+    """Identify the MiDaS variant of a checkpoint file (or a transformers folder) from its
+    metadata: no tensor bytes are read.
 
     Unknown objects in the pickle are read as inert placeholders and listed in
     ``unsafe_globals``; nothing from the file runs.
@@ -234,9 +236,21 @@ def identify(path: str | Path) -> Identification:
         CheckpointFormatError: the file is not a readable checkpoint.
     """
     from .checkpoint import find_state_dict, open_checkpoint
+    from .interop.hf import hf_to_official, hf_weights_file, is_hf_layout, read_hf_config
 
-    with open_checkpoint(path, mode="inspect") as ckpt:
-        found = find_state_dict(ckpt.root, source=Path(path).name)
-        metas = {k: t.meta for k, t in found.tensors.items()}
+    path = Path(path)
+    weights = hf_weights_file(path) if path.is_dir() else path
+    with open_checkpoint(weights, mode="inspect") as ckpt:
+        found = find_state_dict(ckpt.root, source=weights.name)
+        tensors = found.tensors
+        wrapper = None
+        if is_hf_layout(tensors):
+            try:
+                _, tensors = hf_to_official(tensors, read_hf_config(path))
+                wrapper = "a transformers DPTForDepthEstimation checkpoint"
+            except MidaskitError:
+                pass  # not a supported DPT: identify_metas names the transformers layout
+        metas = {k: t.meta for k, t in tensors.items()}
         unsafe = tuple(ckpt.unsafe_globals)
-    return replace(identify_metas(metas), unsafe_globals=unsafe)
+    result = identify_metas(metas)
+    return replace(result, unsafe_globals=unsafe, wrapper=wrapper or result.wrapper)

@@ -25,7 +25,7 @@ from .layouts import load_layout
 from .preprocess import Transform
 from .variants import VariantSpec, build_model, get_variant
 
-__all__ = ["LoadedModel", "load", "choose_variant"]
+__all__ = ["LoadedModel", "Prepared", "load", "prepare", "choose_variant"]
 
 _LOADABLE = (Verdict.LOADS_AS_IS, Verdict.LOADS_AFTER_SAFE_FIXES)
 
@@ -111,6 +111,104 @@ def _verify_derived(state: Mapping[str, Any], target: Target, source: str) -> Fi
                      "a stored index or mask must equal the regenerated one", True, tuple(keys))
 
 
+@dataclass
+class Prepared:
+    """A checkpoint's tensors on their way to a model: lazy (memory-mapped, no bytes read yet),
+    in the official layout once the variant is known, with every fix that got them there.
+
+    Attributes:
+        path: the file read (``model.safetensors`` for a transformers folder).
+        format: the reader's format name (``torch-zip``, ``torch-legacy``, ``safetensors``).
+        tensors: the state dict (official keys when ``spec`` is set).
+        spec: the variant, or None (only in lenient mode) when the file is not a fixable one.
+        hf: the file is a transformers ``DPTForDepthEstimation`` checkpoint.
+        steps: the fixes applied, in order.
+        report: the doctor's diagnosis against the variant.
+        identification: how the file was recognised.
+        model: the variant's model built on ``meta``, when ``spec`` is set.
+        target: the diagnosis target made from ``model`` (it computes derived buffers).
+    """
+
+    path: Path
+    format: str
+    tensors: dict[str, Any]
+    spec: VariantSpec | None
+    hf: bool = False
+    steps: list[FixRecord] = field(default_factory=list)
+    report: Report | None = None
+    identification: Identification | None = None
+    model: Any = None
+    target: Target | None = None
+
+
+def prepare(
+    path: str | Path,
+    variant: str | None = None,
+    *,
+    lenient: bool = False,
+    to_official: bool = True,
+) -> Prepared:
+    """Read a checkpoint file or transformers folder safely and bring its tensors, lazily, to the
+    official layout of its variant with the doctor's safe fixes (the part of :func:`load` before
+    any tensor byte is read; ``convert`` and ``export`` share it).
+
+    Args:
+        path: a checkpoint file, a transformers folder or its ``model.safetensors``.
+        variant: the variant the file must be; identified when None.
+        lenient: when no variant was named and the file is not a safely fixable MiDaS file,
+            return its unwrapped tensors with ``spec=None`` instead of raising.
+        to_official: map a transformers checkpoint to the official layout (else keep its keys).
+
+    Raises:
+        CheckpointFormatError, UnsafeCheckpointError: the file cannot be read safely.
+        IncompatibleCheckpointError: the file is not (a safely fixable form of) the variant.
+    """
+    from .checkpoint import find_state_dict, open_checkpoint
+    from .doctor import Unwrap
+    from .doctor.fixes import meta_of
+    from .interop.hf import hf_to_official, hf_weights_file, is_hf_layout, read_hf_config
+
+    path = Path(path)
+    weights = hf_weights_file(path) if path.is_dir() else path
+    source = weights.name
+    ckpt = open_checkpoint(weights, mode="strict")
+    found = find_state_dict(ckpt.root, source=source)
+    tensors: dict[str, Any] = dict(found.tensors)
+    root: Any = ckpt.root if found.path else tensors
+    unwrapped: Any = found
+    steps: list[FixRecord] = []
+    hf = is_hf_layout(tensors)
+    if hf:
+        if found.path:
+            steps.append(Unwrap(found.path).apply(ckpt.root)[1])
+        if not to_official:
+            return Prepared(weights, ckpt.format, tensors, None, True, steps)
+        name, tensors = hf_to_official(tensors, read_hf_config(path))
+        steps.append(FixRecord(
+            "FromTransformers", f"mapped {len(tensors)} keys to the official {name} layout "
+            "(q/k/v re-fused, the classifier parts transformers lacks filled neutrally)",
+            "the file is a transformers DPTForDepthEstimation checkpoint", True))
+        root, unwrapped = tensors, None
+    metas = {k: meta_of(v) for k, v in tensors.items()}
+    try:
+        spec, ident = choose_variant(metas, variant, source)
+    except IncompatibleCheckpointError:
+        if lenient and variant is None:
+            return Prepared(weights, ckpt.format, tensors, None, hf, steps)
+        raise
+    model = build_model(spec, device="meta")
+    target = Target.from_module(model, name=spec.name,
+                                unused=load_layout(spec.name).unused_keys())
+    report = diagnose(tensors, target, unwrapped=unwrapped, name=source)
+    if report.verdict not in _LOADABLE:
+        if lenient and variant is None:
+            return Prepared(weights, ckpt.format, tensors, None, hf, steps, report, ident)
+        raise IncompatibleCheckpointError(f"{source}: {report.summary()}", report)
+    tensors, fixed = apply_fixes(root, report.safe_fixes)
+    return Prepared(weights, ckpt.format, tensors, spec, hf, steps + fixed, report, ident, model,
+                    target)
+
+
 def load(
     path: str | Path,
     variant: str | None = None,
@@ -118,10 +216,11 @@ def load(
     device: Any = "cpu",
     dtype: Any = None,
 ) -> LoadedModel:
-    """Load a MiDaS checkpoint file into a ready model and its transform.
+    """Load a MiDaS checkpoint (a file, or a transformers folder) into a ready model and its
+    transform.
 
     Args:
-        path: the checkpoint (torch zip, legacy torch, or safetensors).
+        path: the checkpoint (torch zip, legacy torch, safetensors, or a transformers folder).
         variant: the variant name; identified from the file when None. A file that contradicts
             the named variant raises with the explanation.
         device: where the model lives.
@@ -134,29 +233,20 @@ def load(
     """
     import torch
 
-    from .checkpoint import find_state_dict, open_checkpoint
     from .doctor import CastDtype
     from .models.derived import materialize_derived_buffers
 
-    source = Path(path).name
     target_dtype = dtype if dtype is not None else torch.float32
-    ckpt = open_checkpoint(path, mode="strict")
-    found = find_state_dict(ckpt.root, source=source)
-    metas = {k: t.meta for k, t in found.tensors.items()}
-    spec, ident = choose_variant(metas, variant, source)
-
-    model = build_model(spec, device="meta")
-    target = Target.from_module(model, name=spec.name,
-                                unused=load_layout(spec.name).unused_keys())
-    report = diagnose(found.tensors, target, unwrapped=found, name=source)
-    if report.verdict not in _LOADABLE:
-        raise IncompatibleCheckpointError(f"{source}: {report.summary()}", report)
-    state, steps = apply_fixes(ckpt.root if found.path else found.tensors, report.safe_fixes)
-    verified = _verify_derived(state, target, source)
+    prep = prepare(path, variant)
+    spec, model = prep.spec, prep.model
+    steps = list(prep.steps)
+    verified = _verify_derived(prep.tensors, prep.target, prep.path.name)
     if verified:
         steps.append(verified)
     dtype_name = str(target_dtype).removeprefix("torch.")
-    state, cast = CastDtype(dtype_name, reason=f"the model runs in {dtype_name}").apply(state)
+    state, cast = CastDtype(dtype_name, reason=f"the model runs in {dtype_name}").apply(
+        prep.tensors
+    )
     if cast.keys:
         steps.append(cast)
 
@@ -173,7 +263,6 @@ def load(
         transform=Transform(spec.preprocess),
         spec=spec,
         steps=steps,
-        report=report,
-        identification=ident,
+        report=prep.report,
+        identification=prep.identification,
     )
-

@@ -16,15 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..doctor import FixRecord, Unwrap, Verdict, apply_fixes, diagnose, variant_target
-from ..doctor.fixes import meta_of
-from ..identification import Identification, identify_metas
-from ..variants import get_variant
-from .hf import hf_to_official, hf_weights_file, is_hf_layout, read_hf_config
+from ..doctor import FixRecord
+from ..identification import Identification
 
 __all__ = ["Source", "open_source", "file_sha256"]
-
-_LOADABLE = (Verdict.LOADS_AS_IS, Verdict.LOADS_AFTER_SAFE_FIXES)
 
 
 @dataclass
@@ -60,51 +55,25 @@ class Source:
 def open_source(
     path: str | os.PathLike[str], *, variant: str | None = None, to_official: bool = True
 ) -> Iterator[Source]:
-    """Open ``path`` (a checkpoint file or a transformers folder) for conversion.
+    """Open ``path`` (a checkpoint file or a transformers folder) for conversion, through the
+    same pipeline as :func:`midaskit.load` (:func:`midaskit.loading.prepare`), leniently: a file
+    that is not a safely fixable MiDaS variant keeps its own keys (``variant`` None).
 
     Args:
         path: the input.
         variant: treat the file as this variant (it must be a fixable form of it).
         to_official: map a transformers checkpoint to the official layout (else keep its keys).
 
-    The tensors stay valid inside the ``with`` block only (they read from the file's map).
-
     Raises:
         IncompatibleCheckpointError: ``variant`` was given and the file is not a fixable form
             of it, or a transformers checkpoint fits no supported variant.
     """
-    from ..checkpoint import find_state_dict, open_checkpoint
-    from ..errors import IncompatibleCheckpointError
+    from ..loading import prepare
 
-    path = Path(path)
-    weights = hf_weights_file(path) if path.is_dir() else path
-    with open_checkpoint(weights, mode="strict") as ckpt:
-        found = find_state_dict(ckpt.root, source=str(weights))
-        tensors: dict[str, Any] = dict(found.tensors)
-        steps = [Unwrap(found.path).apply(ckpt.root)[1]] if found.path else []
-        if is_hf_layout(tensors):
-            name = None
-            if to_official:
-                name, tensors = hf_to_official(tensors, read_hf_config(path))
-                steps.append(FixRecord(
-                    "FromTransformers", f"mapped {len(tensors)} keys to the official {name} "
-                    "layout (q/k/v re-fused, the classifier parts transformers lacks filled "
-                    "neutrally)", "the file is a transformers DPTForDepthEstimation", True))
-            yield Source(weights, ckpt.format, tensors, name, True, steps)
-            return
-        ident = identify_metas({k: meta_of(v) for k, v in tensors.items()})
-        name = get_variant(variant).name if variant else ident.variant
-        if name is not None:
-            report = diagnose(found.tensors, variant_target(name), unwrapped=found,
-                              name=weights.name)
-            if report.verdict in _LOADABLE:
-                tensors, steps = apply_fixes(ckpt.root if found.path else found.tensors,
-                                             report.safe_fixes)
-            elif variant is not None:
-                raise IncompatibleCheckpointError(f"{weights.name}: {report.summary()}", report)
-            else:
-                name = None  # recognised, but not safely fixable: keep the keys as they are
-        yield Source(weights, ckpt.format, tensors, name, False, steps, ident)
+    prep = prepare(path, variant, lenient=True, to_official=to_official)
+    name = prep.spec.name if prep.spec else None
+    yield Source(prep.path, prep.format, prep.tensors, name, prep.hf, prep.steps,
+                 prep.identification)
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
