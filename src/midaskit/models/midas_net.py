@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import UnsupportedInputSizeError
 from .backbones.resnext import resnext101_32x8d_wsl
 from .blocks import FeatureFusionBlock, make_depth_head, make_scratch
+from .kernels import channels_last
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..variants import VariantSpec
@@ -92,7 +93,8 @@ class MidasNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised image, H and W multiples of 32 -> ``(B, H, W)``."""
         check_input_size(x, type(self).__name__)
-        layer_1, layer_2, layer_3, layer_4 = self.pretrained(x)
+        # fast path: the whole net runs on channels-last activations (same values)
+        layer_1, layer_2, layer_3, layer_4 = self.pretrained(channels_last(x))
         scratch = self.scratch
         layer_1_rn = scratch.layer1_rn(layer_1)
         layer_2_rn = scratch.layer2_rn(layer_2)

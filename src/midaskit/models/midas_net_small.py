@@ -24,6 +24,7 @@ from torch import nn
 
 from .backbones.efficientnet import efficientnet_lite3
 from .blocks import FeatureFusionBlockCustom, make_depth_head, make_scratch
+from .kernels import channels_last
 from .midas_net import check_input_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,7 +74,8 @@ class MidasNetSmall(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised image, H and W multiples of 32 -> ``(B, H, W)``."""
         check_input_size(x, "MidasNet_small")
-        layer_1, layer_2, layer_3, layer_4 = self.pretrained(x)
+        # fast path: the whole net runs on channels-last activations (same values)
+        layer_1, layer_2, layer_3, layer_4 = self.pretrained(channels_last(x))
         scratch = self.scratch
         layer_1_rn = scratch.layer1_rn(layer_1)
         layer_2_rn = scratch.layer2_rn(layer_2)

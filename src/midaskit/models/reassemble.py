@@ -10,7 +10,10 @@ an unflatten (no weights), ``3`` the 1x1 conv, ``4`` the resampler: ConvTranspos
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from . import fastpath, kernels
 
 __all__ = ["ProjectReadout", "AddReadout", "SliceReadout", "make_act_postprocess", "reassemble"]
 
@@ -50,6 +53,14 @@ class ProjectReadout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         patches = x[:, self.start_index :]  # (B, N, C)
+        if fastpath.enabled():
+            # [patch, cls] @ W^T = patch @ W_p^T + cls @ W_c^T: the class token's half of the
+            # Linear runs once per image instead of once per patch, and no (B, N, 2C) concat
+            linear = self.project[0]
+            c = patches.shape[-1]
+            out = kernels.linear(patches, linear.weight[:, :c])  # (B, N, C)
+            out += F.linear(x[:, :1], linear.weight[:, c:], linear.bias)  # (B, 1, C) broadcast
+            return self.project[1](out)
         readout = x[:, :1].expand_as(patches)
         return self.project(torch.cat((patches, readout), -1))
 
@@ -101,8 +112,23 @@ def reassemble(post: nn.Sequential, tokens: torch.Tensor, grid: tuple[int, int])
 
     ``grid`` is the patch grid ``(h // 16, w // 16)`` of the current input.
     """
-    x = post[1](post[0](tokens))  # (B, C, N)
-    x = x.reshape(x.shape[0], x.shape[1], grid[0], grid[1])  # (B, C, gh, gw)
-    for layer in post[3:]:
+    x = post[0](tokens)  # (B, N, C)
+    layers = post[3:]
+    conv = layers[0]
+    if fastpath.enabled() and conv.kernel_size == (1, 1):
+        # the 1x1 conv is a Linear on the tokens; its (B, N, C') output viewed as a map is
+        # already channels-last, which the resampling conv that follows prefers
+        x = kernels.linear(x, conv.weight.flatten(1), conv.bias)  # (B, N, C')
+        x = x.view(x.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)  # (B, C', gh, gw)
+        layers = layers[1:]
+        if not (layers and isinstance(layers[0], nn.ConvTranspose2d)):
+            # measured: the transposed convs are faster channels-last, but the 3x3/s2 conv of
+            # level 4 (and layer3_rn after level 3) with their wide weights on a small map are
+            # faster NCHW: channels-last input makes them reorder the weights on every call
+            x = x.contiguous()
+    else:
+        x = post[1](x)  # (B, C, N)
+        x = x.reshape(x.shape[0], x.shape[1], grid[0], grid[1])  # (B, C, gh, gw)
+    for layer in layers:
         x = layer(x)
     return x

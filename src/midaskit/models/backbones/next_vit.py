@@ -25,7 +25,7 @@ from torch import nn
 
 from ...errors import UnsupportedInputSizeError
 from ...variants import VariantSpec
-from .. import fastpath
+from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
 
 __all__ = [
@@ -342,8 +342,9 @@ class NextViTBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, 3, H, W)`` -> hooked ``(B, C_i, H_i, W_i)``, strides 4, 8, 16, 32 for the
-        official hooks."""
-        return self.model.forward_features(x, self.hooks)
+        official hooks. On the fast path the net runs on channels-last activations (same
+        values), which also makes the NTBs' map <-> token reshapes free views."""
+        return self.model.forward_features(kernels.channels_last(x), self.hooks)
 
 
 # -------------------------------------------------------------------------------------- builders

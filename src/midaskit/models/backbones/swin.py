@@ -13,11 +13,10 @@ order), and the unused ``norm`` and plain-Linear ``head``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...variants import VariantSpec
-from .. import fastpath
+from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
 from .swin_common import (
     Mlp,
@@ -30,6 +29,7 @@ from .swin_common import (
     shifted_window_mask,
     window_and_shift,
     window_attention_bias,
+    window_sdpa,
     windowed_attention,
 )
 
@@ -72,16 +72,17 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``(B_, N, C)`` windows, optional ``(nW, N, N)`` mask -> ``(B_, N, C)``."""
         B_, N, C = x.shape
-        qkv = self.qkv(x).view(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = kernels.linear(x, self.qkv.weight, self.qkv.bias)  # (B_, N, 3C), fused
+        qkv = qkv.view(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B_, nH, N, hd)
-        bias = window_attention_bias(self._bias().to(q.dtype), mask, B_)  # (1|B_, nH, N, N)
         if fastpath.enabled():
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            out = window_sdpa(q, k, v, self._bias().to(q.dtype), mask, self.scale)  # (B_, N, C)
         else:
+            bias = window_attention_bias(self._bias().to(q.dtype), mask, B_)  # (1|B_, nH, N, N)
             attn = (q * self.scale) @ k.transpose(-2, -1) + bias  # (B_, nH, N, N)
             out = attn.softmax(dim=-1) @ v
-        out = out.transpose(1, 2).reshape(B_, N, C)  # (B_, nH, N, hd) -> (B_, N, C)
-        return self.proj(out)
+            out = out.transpose(1, 2).reshape(B_, N, C)  # (B_, nH, N, hd) -> (B_, N, C)
+        return kernels.linear(out, self.proj.weight, self.proj.bias)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -138,7 +139,7 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H/2, W/2, 2C)``."""
-        return self.reduction(self.norm(merge_patches(x)))
+        return kernels.linear(self.norm(merge_patches(x)), self.reduction.weight)
 
 
 class SwinTransformer(nn.Module):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...variants import VariantSpec
-from .. import fastpath
+from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
 from .swin_common import (
     Mlp,
@@ -36,6 +36,7 @@ from .swin_common import (
     shifted_window_mask,
     window_and_shift,
     window_attention_bias,
+    window_sdpa,
     windowed_attention,
 )
 
@@ -137,24 +138,24 @@ class WindowAttention(nn.Module):
         B_, N, C = x.shape
         # the key bias is fixed at zero (timm's non-persistent k_bias buffer)
         qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, qkv_bias)  # (B_, N, 3C)
+        qkv = kernels.linear(x, self.qkv.weight, qkv_bias)  # (B_, N, 3C), fused
         qkv = qkv.view(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B_, nH, N, hd)
         scale = torch.clamp(self.logit_scale, max=_LOGIT_SCALE_MAX).exp()  # (nH, 1, 1)
-        bias = window_attention_bias(self._bias().to(q.dtype), mask, B_)  # (1|B_, nH, N, N)
         if fastpath.enabled():
             # cosine attention: q scaled by temperature / |q| and k by 1 / |k| (one multiply
             # each, as F.normalize does with eps 1e-12), so the fused kernel runs with scale 1
             q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12)
             k_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(1e-12)
             q, k = q * (scale / q_norm), k * k_norm.reciprocal()
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+            out = window_sdpa(q, k, v, self._bias().to(q.dtype), mask, 1.0)  # (B_, N, C)
         else:
+            bias = window_attention_bias(self._bias().to(q.dtype), mask, B_)  # (1|B_, nH, N, N)
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
             attn = (q @ k.transpose(-2, -1)) * scale + bias  # (B_, nH, N, N)
             out = attn.softmax(dim=-1) @ v
-        out = out.transpose(1, 2).reshape(B_, N, C)  # (B_, nH, N, hd) -> (B_, N, C)
-        return self.proj(out)
+            out = out.transpose(1, 2).reshape(B_, N, C)  # (B_, nH, N, hd) -> (B_, N, C)
+        return kernels.linear(out, self.proj.weight, self.proj.bias)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -212,7 +213,7 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H/2, W/2, 2C)``."""
-        return self.norm(self.reduction(merge_patches(x)))
+        return self.norm(kernels.linear(merge_patches(x), self.reduction.weight))
 
 
 class SwinTransformerV2(nn.Module):
