@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..variants import VariantSpec
 from . import fastpath
 from .blocks import FeatureFusionBlockCustom, make_depth_head, make_scratch
 from .kernels import channels_last
@@ -73,6 +74,23 @@ class DPTDepthModel(nn.Module):
             self.scratch.refinenet4 = FeatureFusionBlockCustom(features, **kw)
         self.scratch.output_conv = make_depth_head(
             head_features_1 or features, head_features_2, align_corners=True, **kw
+        )
+
+    @classmethod
+    def for_spec(
+        cls, backbone: nn.Module, spec: VariantSpec, *, device=None, dtype=None, **kwargs
+    ) -> DPTDepthModel:
+        """The DPT of a registry variant: widths, decoder width and head sizes from ``spec``;
+        ``kwargs`` adds the rest (LeViT's ``stem_transpose``)."""
+        return cls(
+            backbone,
+            spec.in_widths,
+            features=spec.features,
+            head_features_1=spec.head_features[0],
+            head_features_2=spec.head_features[1],
+            device=device,
+            dtype=dtype,
+            **kwargs,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from .kernels import channels_last
 if TYPE_CHECKING:  # pragma: no cover
     from ..variants import VariantSpec
 
-__all__ = ["check_input_size", "MidasNet", "build_midas_v21_384"]
+__all__ = ["check_input_size", "MidasNetDecoder", "MidasNet", "build_midas_v21_384"]
 
 # the encoders down-sample 5 times and the decoder up-samples by exactly 2 at each level
 INPUT_MULTIPLE = 32
@@ -52,7 +52,31 @@ def check_input_size(x: torch.Tensor, name: str) -> None:
         )
 
 
-class MidasNet(nn.Module):
+class MidasNetDecoder(nn.Module):
+    """The v2.1 forward shared by MidasNet and MidasNet_small: encoder levels through
+    ``scratch.layer{i}_rn``, the fusion chain from the deepest level (each block up-samples x2),
+    the head. Subclasses build ``pretrained`` and ``scratch``."""
+
+    official_name = "MidasNet"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised image, H and W multiples of 32 -> ``(B, H, W)``."""
+        check_input_size(x, self.official_name)
+        # fast path: the whole net runs on channels-last activations (same values)
+        layer_1, layer_2, layer_3, layer_4 = self.pretrained(channels_last(x))
+        scratch = self.scratch
+        layer_1_rn = scratch.layer1_rn(layer_1)
+        layer_2_rn = scratch.layer2_rn(layer_2)
+        layer_3_rn = scratch.layer3_rn(layer_3)
+        layer_4_rn = scratch.layer4_rn(layer_4)
+        path_4 = scratch.refinenet4(layer_4_rn)
+        path_3 = scratch.refinenet3(path_4, layer_3_rn)
+        path_2 = scratch.refinenet2(path_3, layer_2_rn)
+        path_1 = scratch.refinenet1(path_2, layer_1_rn)
+        return scratch.output_conv(path_1).squeeze(1)  # (B, 1, H, W) -> (B, H, W)
+
+
+class MidasNet(MidasNetDecoder):
     """Encoder + v2.1 decoder -> relative inverse depth ``(B, H, W)``.
 
     Args:
@@ -89,22 +113,6 @@ class MidasNet(nn.Module):
         self.scratch.output_conv = make_depth_head(
             head_features[0], head_features[1], align_corners=False, trailing_identity=False, **kw
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` normalised image, H and W multiples of 32 -> ``(B, H, W)``."""
-        check_input_size(x, type(self).__name__)
-        # fast path: the whole net runs on channels-last activations (same values)
-        layer_1, layer_2, layer_3, layer_4 = self.pretrained(channels_last(x))
-        scratch = self.scratch
-        layer_1_rn = scratch.layer1_rn(layer_1)
-        layer_2_rn = scratch.layer2_rn(layer_2)
-        layer_3_rn = scratch.layer3_rn(layer_3)
-        layer_4_rn = scratch.layer4_rn(layer_4)
-        path_4 = scratch.refinenet4(layer_4_rn)
-        path_3 = scratch.refinenet3(path_4, layer_3_rn)
-        path_2 = scratch.refinenet2(path_3, layer_2_rn)
-        path_1 = scratch.refinenet1(path_2, layer_1_rn)
-        return scratch.output_conv(path_1).squeeze(1)  # (B, 1, H, W) -> (B, H, W)
 
 
 def build_midas_v21_384(spec: VariantSpec, *, device=None, dtype=None) -> nn.Module:

@@ -19,13 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from .backbones.efficientnet import efficientnet_lite3
 from .blocks import FeatureFusionBlockCustom, make_depth_head, make_scratch
-from .kernels import channels_last
-from .midas_net import check_input_size
+from .midas_net import MidasNetDecoder
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..variants import VariantSpec
@@ -33,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MidasNetSmall", "build_midas_v21_small_256"]
 
 
-class MidasNetSmall(nn.Module):
+class MidasNetSmall(MidasNetDecoder):
     """Encoder + expanding "custom" decoder -> relative inverse depth ``(B, H, W)``.
 
     Args:
@@ -43,6 +41,8 @@ class MidasNetSmall(nn.Module):
         head_features: ``(channels entering the head, hidden width)``; the first must equal
             ``features``.
     """
+
+    official_name = "MidasNet_small"
 
     def __init__(
         self,
@@ -70,23 +70,6 @@ class MidasNetSmall(nn.Module):
         self.scratch.output_conv = make_depth_head(
             head_features[0], head_features[1], align_corners=False, trailing_identity=True, **kw
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` normalised image, H and W multiples of 32 -> ``(B, H, W)``."""
-        check_input_size(x, "MidasNet_small")
-        # fast path: the whole net runs on channels-last activations (same values)
-        layer_1, layer_2, layer_3, layer_4 = self.pretrained(channels_last(x))
-        scratch = self.scratch
-        layer_1_rn = scratch.layer1_rn(layer_1)
-        layer_2_rn = scratch.layer2_rn(layer_2)
-        layer_3_rn = scratch.layer3_rn(layer_3)
-        layer_4_rn = scratch.layer4_rn(layer_4)
-        # each block up-samples x2 (align_corners=True), as the official forward passes no size
-        path_4 = scratch.refinenet4(layer_4_rn)
-        path_3 = scratch.refinenet3(path_4, layer_3_rn)
-        path_2 = scratch.refinenet2(path_3, layer_2_rn)
-        path_1 = scratch.refinenet1(path_2, layer_1_rn)
-        return scratch.output_conv(path_1).squeeze(1)  # (B, 1, H, W) -> (B, H, W)
 
 
 def build_midas_v21_small_256(spec: VariantSpec, *, device=None, dtype=None) -> nn.Module:

@@ -379,15 +379,7 @@ def build_dpt_beit(
 ) -> DPTDepthModel:
     """A DPT depth model on a BEiT encoder of size ``dims`` with hooks and widths from ``spec``."""
     backbone = BeitBackbone(dims, spec.hooks, spec.in_widths, device=device, dtype=dtype)
-    return DPTDepthModel(
-        backbone,
-        spec.in_widths,
-        features=spec.features,
-        head_features_1=spec.head_features[0],
-        head_features_2=spec.head_features[1],
-        device=device,
-        dtype=dtype,
-    )
+    return DPTDepthModel.for_spec(backbone, spec, device=device, dtype=dtype)
 
 
 def build_dpt_beit_large_512(spec: VariantSpec, *, device=None, dtype=None) -> nn.Module:

@@ -302,7 +302,4 @@ def build_dpt_hybrid_384(spec: VariantSpec, *, device=None, dtype=None) -> nn.Mo
     embed = HybridEmbed(ResNetV2(RESNET50_3STAGE, **kw), VIT_BASE_16_384.embed_dim, **kw)
     model = VisionTransformer(VIT_BASE_16_384, embed, **kw)
     backbone = DPTViTBackbone(model, spec.hooks, spec.in_widths, token_levels=(3, 4), **kw)
-    return DPTDepthModel(
-        backbone, spec.in_widths, features=spec.features,
-        head_features_1=spec.head_features[0], head_features_2=spec.head_features[1], **kw,
-    )
+    return DPTDepthModel.for_spec(backbone, spec, **kw)

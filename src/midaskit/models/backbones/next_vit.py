@@ -358,15 +358,7 @@ def _build_dpt_next_vit(
         raise ValueError(
             f"{spec.name}: hooked widths {backbone.widths} != in_widths {tuple(spec.in_widths)}"
         )
-    return DPTDepthModel(
-        backbone,
-        spec.in_widths,
-        features=spec.features,
-        head_features_1=spec.head_features[0],
-        head_features_2=spec.head_features[1],
-        device=device,
-        dtype=dtype,
-    )
+    return DPTDepthModel.for_spec(backbone, spec, device=device, dtype=dtype)
 
 
 def build_dpt_next_vit_large_384(

@@ -189,12 +189,4 @@ def build_dpt_swin_large_384(spec: VariantSpec, *, device=None, dtype=None) -> n
     """DPT with a Swin-L/12 backbone at 384x384 (``dpt_swin_large_384.pt``)."""
     model = SwinTransformer(_LARGE_384, device=device, dtype=dtype)
     backbone = SwinDPTBackbone(model, spec.hooks, variant=spec.name)
-    return DPTDepthModel(
-        backbone,
-        spec.in_widths,
-        features=spec.features,
-        head_features_1=spec.head_features[0],
-        head_features_2=spec.head_features[1],
-        device=device,
-        dtype=dtype,
-    )
+    return DPTDepthModel.for_spec(backbone, spec, device=device, dtype=dtype)

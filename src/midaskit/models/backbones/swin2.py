@@ -273,15 +273,7 @@ _TINY_256 = SwinDims(
 def _build(spec: VariantSpec, dims: SwinDims, device, dtype) -> nn.Module:
     model = SwinTransformerV2(dims, device=device, dtype=dtype)
     backbone = SwinDPTBackbone(model, spec.hooks, variant=spec.name)
-    return DPTDepthModel(
-        backbone,
-        spec.in_widths,
-        features=spec.features,
-        head_features_1=spec.head_features[0],
-        head_features_2=spec.head_features[1],
-        device=device,
-        dtype=dtype,
-    )
+    return DPTDepthModel.for_spec(backbone, spec, device=device, dtype=dtype)
 
 
 def build_dpt_swin2_large_384(spec: VariantSpec, *, device=None, dtype=None) -> nn.Module:

@@ -321,7 +321,4 @@ def build_dpt_large_384(spec: VariantSpec, *, device=None, dtype=None) -> nn.Mod
     backbone = DPTViTBackbone(
         VisionTransformer(VIT_LARGE_16_384, **kw), spec.hooks, spec.in_widths, **kw
     )
-    return DPTDepthModel(
-        backbone, spec.in_widths, features=spec.features,
-        head_features_1=spec.head_features[0], head_features_2=spec.head_features[1], **kw,
-    )
+    return DPTDepthModel.for_spec(backbone, spec, **kw)
