@@ -39,6 +39,7 @@ from torch import nn
 from ...errors import UnsupportedInputSizeError
 from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
+from ..layers import Mlp
 from ..reassemble import make_act_postprocess, reassemble
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,20 +156,6 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> ``(B, (H//16) * (W//16), C)``."""
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
-
-
-class Mlp(nn.Module):
-    """``fc2(gelu(fc1(x)))`` with exact (erf) GELU, as timm's ``Mlp``."""
-
-    def __init__(self, dim: int, hidden: int, *, device=None, dtype=None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(kernels.linear(x, self.fc1.weight, self.fc1.bias))
-        return kernels.linear(x, self.fc2.weight, self.fc2.bias)
 
 
 class BeitAttention(nn.Module):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedInputSizeError
-from .. import kernels
+from ..layers import Mlp
 
 __all__ = [
     "SwinDims",
@@ -236,21 +236,6 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x).permute(0, 2, 3, 1)  # (B, C, h, w) -> (B, h, w, C)
         return self.norm(x)
-
-
-class Mlp(nn.Module):
-    """``fc2(GELU(fc1(x)))`` with exact (erf) GELU, as timm's ``Mlp``."""
-
-    def __init__(self, dim: int, hidden: int, *, device=None, dtype=None):
-        super().__init__()
-        kw = {"device": device, "dtype": dtype}
-        self.fc1 = nn.Linear(dim, hidden, **kw)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim, **kw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(kernels.linear(x, self.fc1.weight, self.fc1.bias))
-        return kernels.linear(x, self.fc2.weight, self.fc2.bias)
 
 
 class SwinStage(nn.Module):

@@ -28,6 +28,7 @@ from torch import nn
 from ...errors import UnsupportedInputSizeError
 from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
+from ..layers import Mlp
 from ..reassemble import make_act_postprocess, reassemble
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,20 +132,6 @@ class Attention(nn.Module):
             x = attn @ v
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return kernels.linear(x, self.proj.weight, self.proj.bias)
-
-
-class Mlp(nn.Module):
-    """Linear -> exact GELU -> Linear."""
-
-    def __init__(self, dim: int, hidden: int, *, device=None, dtype=None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(kernels.linear(x, self.fc1.weight, self.fc1.bias))
-        return kernels.linear(x, self.fc2.weight, self.fc2.bias)
 
 
 class Block(nn.Module):

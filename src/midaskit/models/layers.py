@@ -1,0 +1,24 @@
+"""Small layers shared by several backbones (state-dict names as in timm)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import kernels
+
+__all__ = ["Mlp"]
+
+
+class Mlp(nn.Module):
+    """``fc2(gelu(fc1(x)))`` with exact (erf) GELU, as timm's ``Mlp`` (ViT, BEiT, Swin)."""
+
+    def __init__(self, dim: int, hidden: int, *, device=None, dtype=None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(kernels.linear(x, self.fc1.weight, self.fc1.bias))
+        return kernels.linear(x, self.fc2.weight, self.fc2.bias)
