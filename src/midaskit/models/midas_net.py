@@ -59,6 +59,17 @@ class MidasNetDecoder(nn.Module):
 
     official_name = "MidasNet"
 
+    @classmethod
+    def for_spec(cls, backbone: nn.Module, spec: VariantSpec, *, device=None, dtype=None):
+        """The net of a registry variant: decoder widths and head sizes from ``spec``, after
+        checking the backbone's output widths against ``spec.in_widths``."""
+        if tuple(backbone.out_widths) != tuple(spec.in_widths):
+            raise ValueError(
+                f"{spec.name}: backbone widths {backbone.out_widths} != {spec.in_widths}"
+            )
+        return cls(backbone, spec.in_widths, features=spec.features,
+                   head_features=spec.head_features, device=device, dtype=dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised image, H and W multiples of 32 -> ``(B, H, W)``."""
         check_input_size(x, self.official_name)
@@ -118,13 +129,4 @@ class MidasNet(MidasNetDecoder):
 def build_midas_v21_384(spec: VariantSpec, *, device=None, dtype=None) -> nn.Module:
     """``midas_v21_384``: MidasNet on ResNeXt-101 32x8d (WSL), 105 M parameters."""
     backbone = resnext101_32x8d_wsl(device=device, dtype=dtype)
-    if tuple(backbone.out_widths) != tuple(spec.in_widths):
-        raise ValueError(f"{spec.name}: backbone widths {backbone.out_widths} != {spec.in_widths}")
-    return MidasNet(
-        backbone,
-        spec.in_widths,
-        features=spec.features,
-        head_features=spec.head_features,
-        device=device,
-        dtype=dtype,
-    )
+    return MidasNet.for_spec(backbone, spec, device=device, dtype=dtype)

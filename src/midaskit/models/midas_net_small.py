@@ -75,13 +75,4 @@ class MidasNetSmall(MidasNetDecoder):
 def build_midas_v21_small_256(spec: VariantSpec, *, device=None, dtype=None) -> nn.Module:
     """``midas_v21_small_256``: MidasNet_small on EfficientNet-Lite3, 21 M parameters."""
     backbone = efficientnet_lite3(device=device, dtype=dtype)
-    if tuple(backbone.out_widths) != tuple(spec.in_widths):
-        raise ValueError(f"{spec.name}: backbone widths {backbone.out_widths} != {spec.in_widths}")
-    return MidasNetSmall(
-        backbone,
-        spec.in_widths,
-        features=spec.features,
-        head_features=spec.head_features,
-        device=device,
-        dtype=dtype,
-    )
+    return MidasNetSmall.for_spec(backbone, spec, device=device, dtype=dtype)
