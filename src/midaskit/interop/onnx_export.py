@@ -2,9 +2,10 @@
 
 We use torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): in torch
 2.13 it exports every variant in seconds and keeps height and width symbolic where the model
-computes them from the input; the dynamo exporter needs ``onnxscript`` and took minutes even for
-the smallest model. Variants that only run at their native square size (Swin, SwinV2, LeViT)
-get a dynamic batch only. The graph maps ``image (B, 3, H, W)`` to ``depth (B, H, W)``.
+computes them from the input (every ViT, hybrid, BEiT, Next-ViT and v2.1 model: see
+``models/symbolic.py``); the dynamo exporter needs ``onnxscript`` and took minutes even for the
+smallest model. Variants that only run at their native square size (Swin, SwinV2, LeViT) get a
+dynamic batch only. The graph maps ``image (B, 3, H, W)`` to ``depth (B, H, W)``.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ def check_onnx(graph: bytes, model: Any, inputs: list[torch.Tensor]) -> dict[str
     import torch
 
     ort = require("onnxruntime", "onnx")
-    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a size the graph cannot run at is reported as inf, not logged
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     errors = {}
     for x in inputs:
         with torch.inference_mode():

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fastpath
+from .symbolic import size_value
 
 __all__ = [
     "Interpolate",
@@ -158,7 +159,7 @@ class FeatureFusionBlockCustom(nn.Module):
     def _resize(self, x: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
         """Bilinear resize to ``size``, else to the block's fixed ``size``, else by 2."""
         if size is not None:
-            size = tuple(int(s) for s in size)
+            size = tuple(size_value(s) for s in size)  # symbolic while tracing for ONNX
         elif self.size is not None:
             size = self.size
         else:

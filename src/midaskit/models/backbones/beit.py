@@ -41,6 +41,7 @@ from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
 from ..layers import Mlp
 from ..reassemble import make_act_postprocess, reassemble
+from ..symbolic import tracing
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...variants import VariantSpec
@@ -93,20 +94,26 @@ class BeitDims:
 # ---- helpers ----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
-@torch.inference_mode(False)  # a normal tensor even when first asked for under inference_mode
-def _relative_position_index_cpu(h: int, w: int) -> torch.Tensor:
+def _relative_position_index(h: int | torch.Tensor, w: int | torch.Tensor) -> torch.Tensor:
+    """The index of :func:`relative_position_index` from tensor operations only, so that a traced
+    graph computes it from the input's size (``h`` and ``w`` are 0-d tensors while tracing)."""
     coords = torch.stack(
         torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     ).flatten(1)  # (2, h*w)
     rel = coords[:, :, None] - coords[:, None, :]  # (2, h*w, h*w)
     num_distances = (2 * h - 1) * (2 * w - 1)
-    index = torch.empty((h * w + 1, h * w + 1), dtype=torch.int64)
-    index[1:, 1:] = (rel[0] + h - 1) * (2 * w - 1) + (rel[1] + w - 1)
-    index[0, :] = num_distances  # class token (query) -> patches
-    index[:, 0] = num_distances + 1  # patches -> class token (key)
-    index[0, 0] = num_distances + 2  # class token -> class token
-    return index
+    patches = (rel[0] + h - 1) * (2 * w - 1) + (rel[1] + w - 1)  # (h*w, h*w)
+    zeros_row = torch.zeros_like(patches[:1])  # (1, h*w)
+    top = torch.cat((zeros_row[:, :1] + num_distances + 2,  # class token -> class token
+                     zeros_row + num_distances), dim=1)  # class token (query) -> patches
+    left = zeros_row.t() + num_distances + 1  # patches -> class token (key)
+    return torch.cat((top, torch.cat((left, patches), dim=1)))  # (h*w + 1, h*w + 1)
+
+
+@functools.lru_cache(maxsize=8)
+@torch.inference_mode(False)  # a normal tensor even when first asked for under inference_mode
+def _relative_position_index_cpu(h: int, w: int) -> torch.Tensor:
+    return _relative_position_index(h, w)
 
 
 def relative_position_index(window: Sequence[int]) -> torch.Tensor:
@@ -205,7 +212,7 @@ class BeitAttention(nn.Module):
         67 MB bias per block costs more in page faults than its gather.
         """
         table = self.relative_position_bias_table
-        if tuple(window) != self.window:
+        if tracing() or tuple(window) != self.window:  # traced: any size, so always resample
             table = resample_relative_position_bias_table(table, self.window, window)
         n = index.shape[0]
         # index_select along the rows of the (nH, R) table is much faster than gathering rows
@@ -275,6 +282,8 @@ class Beit(nn.Module):
         self._index_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
     def _index(self, window: tuple[int, int], device: torch.device) -> torch.Tensor:
+        if tracing():  # computed in the graph from the input's size, never a constant
+            return _relative_position_index(*window).to(device)
         key = (window[0], window[1], device)
         index = self._index_cache.get(key)
         if index is None:

@@ -83,8 +83,10 @@ def _pad_same(
     x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
     value: float = 0.0,
 ) -> torch.Tensor:
-    top, bottom = same_padding(x.shape[-2], kernel[0], stride[0], dilation[0])
-    left, right = same_padding(x.shape[-1], kernel[1], stride[1], dilation[1])
+    # int() of a traced size fixes the padding to the traced input's; it is the same at every
+    # size that is a multiple of the stride, which the hybrid requires of its input anyway
+    top, bottom = same_padding(int(x.shape[-2]), kernel[0], stride[0], dilation[0])
+    left, right = same_padding(int(x.shape[-1]), kernel[1], stride[1], dilation[1])
     if top or bottom or left or right:
         x = F.pad(x, (left, right, top, bottom), value=value)
     return x

@@ -30,6 +30,7 @@ from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
 from ..layers import Mlp
 from ..reassemble import make_act_postprocess, reassemble
+from ..symbolic import tracing
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...variants import VariantSpec
@@ -213,7 +214,7 @@ class VisionTransformer(nn.Module):
 
         Computed from the parameter on every call, so it is never stale after new weights load.
         """
-        if tuple(grid) == self.native_grid:
+        if not tracing() and tuple(grid) == self.native_grid:
             return self.pos_embed  # resize_pos_embed is the exact identity here
         return resize_pos_embed(self.pos_embed, grid, self.num_prefix_tokens)
 
