@@ -35,6 +35,79 @@ def test_linear_equals_f_linear(lead):
     assert torch.equal(plain, ref)  # the plain path is F.linear itself
 
 
+def _packed_linear_is_used() -> bool:
+    return kernels._LINEAR_POINTWISE is not None and kernels._REORDER_LINEAR_WEIGHT is not None
+
+
+@pytest.mark.skipif(not _packed_linear_is_used(), reason="torch without oneDNN")
+def test_packed_weight_follows_in_place_changes_and_replacements():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 16).eval()
+    x = torch.randn(5, 32)
+
+    def fast() -> torch.Tensor:
+        """The second call: the first use of a weight runs unpacked, the second packs it."""
+        with torch.inference_mode():
+            first = kernels.linear(x, layer.weight, layer.bias)
+            second = kernels.linear(x, layer.weight, layer.bias)
+        assert _close(first, second)
+        owner = kernels._packed_weights[id(layer.weight)]
+        assert all(packed is not None for _, packed in owner[1].values())
+        return second
+
+    def ref() -> torch.Tensor:
+        with torch.no_grad():
+            return F.linear(x, layer.weight, layer.bias)
+
+    assert _close(fast(), ref())
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # in place: the version counter moves
+    assert _close(fast(), ref())
+    layer.load_state_dict({"weight": torch.randn(16, 32), "bias": layer.bias.detach()})
+    assert _close(fast(), ref())
+    layer.load_state_dict({"weight": torch.randn(16, 32), "bias": layer.bias.detach()},
+                          assign=True)  # a new tensor object
+    assert _close(fast(), ref())
+    layer.weight.data.mul_(3.0)  # .data bypasses the version counter ...
+    kernels.clear_caches()  # ... so the documented remedy is needed
+    assert _close(fast(), ref())
+
+
+@pytest.mark.skipif(not _packed_linear_is_used(), reason="torch without oneDNN")
+def test_packed_weights_go_with_their_weight():
+    kernels.clear_caches()
+    weight = torch.nn.Parameter(torch.randn(8, 4))
+    with torch.inference_mode():
+        for _ in range(2):  # packed on the second use
+            kernels.linear(torch.randn(3, 4), weight)
+            kernels.linear(torch.randn(3, 4), weight.t().t())  # a view: packed under its base
+    assert len(kernels._packed_weights) == 1
+    del weight
+    assert not kernels._packed_weights  # nothing kept alive after the model is gone
+
+
+@pytest.mark.parametrize("rows", [5, 300])
+def test_linear_with_gelu_equals_f_gelu_of_f_linear(rows):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(rows, 32), (24, 32), (24,)]
+    x, weight, bias = (torch.randn(*shape, generator=gen) for shape in shapes)
+    ref = F.gelu(F.linear(x, weight, bias))
+    with torch.inference_mode():
+        uses = [kernels.linear(x, weight, bias, gelu=True) for _ in range(2)]  # unpacked, packed
+        with fastpath.plain_eager():
+            plain = kernels.linear(x, weight, bias, gelu=True)
+    assert all(_close(out, ref) for out in uses)
+    assert torch.equal(plain, ref)
+
+
+def test_linear_with_autograd_is_f_linear():
+    x = torch.randn(4, 8)
+    layer = torch.nn.Linear(8, 3)
+    out = kernels.linear(x, layer.weight, layer.bias)
+    out.sum().backward()  # gradients flow: the packed op is never used with autograd
+    assert layer.weight.grad is not None
+
+
 def test_linear_under_autocast_is_f_linear():
     x, weight = torch.randn(300, 32), torch.randn(16, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):

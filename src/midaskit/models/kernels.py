@@ -3,63 +3,153 @@ the kernels that run it fastest on the CPU.
 
 Each function takes the fast route only while :func:`midaskit.models.fastpath.enabled` is True
 and otherwise is exactly the plain op, so the plain eager path stays the reference formulation.
-Nothing here caches a value derived from a parameter: weights loaded later take effect at once.
+The one cache, the packed linear weights, is keyed by the weight tensor and its version counter:
+a weight replaced (``load_state_dict(assign=True)``, ``.to()``) or changed in place (``copy_``,
+``load_state_dict``, an optimizer step) is packed again on its next use. Changes made through
+``.data`` bypass the version counter: call :func:`clear_caches` after them.
 
 Measured on a 2-core AVX-512 CPU, torch 2.13, 2 threads (``bench/bench_infer.py`` has the
 whole-model figures):
 
-- :func:`linear`: a float32 token Linear ``(…, K) -> (…, N)`` as a oneDNN 1x1 convolution over a
-  channels-last view of the tokens, 0-25% faster than the MKL ``sgemm`` behind ``F.linear`` at
-  the transformer sizes here (577x1024x4096 with 2 threads: 200 vs 167 GFLOP/s; 1 thread: 100
-  vs 92) when there are enough tokens to pay for oneDNN's per-call weight reorder (see the
-  thresholds). It calls ``torch.mkldnn_convolution`` directly: ``F.conv2d`` sends 1x1 convs to
-  its slow im2col kernel when torch runs single-threaded. The output is the same contiguous
-  ``(…, N)`` tensor; only the summation order of the dot products differs (relative
-  differences ~1e-6).
+- :func:`linear`: a float32 token Linear ``(…, K) -> (…, N)`` without autograd runs oneDNN's
+  inner product on a copy of the weight packed in oneDNN's blocked layout
+  (``mkldnn._linear_pointwise``), from the weight's second use on. Unpacked, oneDNN reorders
+  the weight on every call, which at batch 1 costs up to a fifth of the GEMM (and a fresh mmap
+  per call for weights over 32 MB). Packed, the ViT token linears run at 200-225 GFLOP/s vs
+  167-200 for the MKL ``sgemm`` behind ``F.linear``, and small-row linears (Swin's last stages)
+  1.5x faster; whole models 3-10% faster at batch 1. On a weight's first use (a single
+  forward) it runs as a oneDNN 1x1 convolution over a channels-last view of the tokens where
+  that beats ``F.linear`` (enough token rows). Only the summation order differs (~1e-6).
 - :func:`channels_last`: convolutions at 32-256 channels on large maps (the DPT decoder and head)
   run 1.1-1.9x faster on channels-last activations.
 """
 
 from __future__ import annotations
 
+import functools
+import weakref
+
 import torch
 import torch.nn.functional as F
 
 from . import fastpath
 
-__all__ = ["linear", "channels_last"]
+__all__ = ["linear", "channels_last", "clear_caches"]
 
-# measured: oneDNN reorders the weight on every call, which only pays off over enough token
-# rows, and a weight over 32 MB makes that reorder buffer a fresh mmap (page faults) each time
+_ONEDNN = torch.backends.mkldnn.is_available()
+_LINEAR_POINTWISE = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if _ONEDNN else None
+_REORDER_LINEAR_WEIGHT = (
+    getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if _ONEDNN else None
+)
+# id(weight owner) -> (weakref to the owner, {(data_ptr, shape, stride): (version, packed)})
+_packed_weights: dict[int, tuple[weakref.ref, dict[tuple, tuple[int, torch.Tensor]]]] = {}
+
+
+def clear_caches() -> None:
+    """Drop every packed weight (they are rebuilt on next use); needed only after changing
+    weights through ``.data``, which the version counter does not see."""
+    _packed_weights.clear()
+
+
+def _forget(owner_id: int, ref: weakref.ref) -> None:
+    """Weakref callback: drop the packed copies of a weight that no longer exists."""
+    entry = _packed_weights.get(owner_id)
+    if entry is not None and entry[0] is ref:
+        del _packed_weights[owner_id]
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor | None:
+    """The oneDNN-packed copy of ``weight`` (N, K) from its second use on; None on the first.
+
+    Packing on the first use would make a single forward slower (the packed copies are fresh
+    memory, about 0.4 s of page faults per GB); from the second forward on it pays for itself.
+    A weight changed since it was packed is packed again.
+    """
+    owner = weight if weight._base is None else weight._base  # a view of a Parameter: its base
+    entry = _packed_weights.get(id(owner))
+    if entry is None or entry[0]() is not owner:
+        entry = (weakref.ref(owner, functools.partial(_forget, id(owner))), {})
+        _packed_weights[id(owner)] = entry
+    key = (weight.data_ptr(), tuple(weight.shape), tuple(weight.stride()))
+    version = weight._version
+    hit = entry[1].get(key)
+    if hit is None or hit[0] != version:
+        entry[1][key] = (version, None)  # seen once: pack if it is used again unchanged
+        return None
+    if hit[1] is None:
+        # a normal tensor even when first packed under inference_mode
+        with torch.inference_mode(False), torch.no_grad():
+            entry[1][key] = (version, _REORDER_LINEAR_WEIGHT(weight.contiguous(), None))
+    return entry[1][key][1]
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+    gelu: bool = False,
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, then the exact (erf) GELU when ``gelu``; on the CPU fast
+    path, oneDNN's inner product with a packed weight (from the weight's second use on, with the
+    GELU fused into it; a oneDNN 1x1 convolution before that).
+
+    Args:
+        x: ``(…, K)`` tokens.
+        weight: ``(N, K)``.
+        bias: ``(N,)`` or None.
+        gelu: apply ``F.gelu`` (erf) to the result.
+
+    Returns:
+        ``(…, N)``, contiguous.
+    """
+    out, fused = _linear(x, weight, bias, gelu)
+    return F.gelu(out) if gelu and not fused else out
+
+
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool
+) -> tuple[torch.Tensor, bool]:
+    """:func:`linear` and whether the GELU was fused into it."""
+    if (
+        not fastpath.enabled()
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or (bias is not None and bias.dtype != torch.float32)
+        or x.dim() < 2
+        or torch.is_autocast_enabled("cpu")  # autocast casts F.linear to its own dtype
+    ):
+        return F.linear(x, weight, bias), False
+    if (
+        _LINEAR_POINTWISE is not None
+        and _REORDER_LINEAR_WEIGHT is not None
+        and not torch.is_grad_enabled()  # the packed op has no backward
+        and not weight.is_inference()  # no version counter to tell when it changes
+    ):
+        packed = _packed(weight)
+        if packed is not None:
+            # oneDNN's "gelu" post-op with algorithm "none" is the erf GELU
+            attr, algorithm = ("gelu", "none") if gelu else ("none", "")
+            out = _LINEAR_POINTWISE(x.contiguous(), packed, bias, attr, [], algorithm)
+            return out, gelu
+    return _conv_linear(x, weight, bias), False
+
+
+# measured: oneDNN reorders an unpacked weight on every call, which only pays off over enough
+# token rows, and a weight over 32 MB makes that reorder buffer a fresh mmap each time
 # (144x1536x4608: 0.9x; 576x6144x1536: 0.86x; 577x1024x4096: 1.08-1.2x; 9216x768x192: 1.23x)
 _CONV_LINEAR_MIN_ROWS = 256
 _CONV_LINEAR_MAX_WEIGHT = 1 << 22  # elements (16 MB in float32)
 _MKLDNN_CONV = getattr(torch, "mkldnn_convolution", None)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; on the CPU fast path computed as a oneDNN 1x1 convolution.
-
-    Args:
-        x: ``(…, K)`` tokens.
-        weight: ``(N, K)``.
-        bias: ``(N,)`` or None.
-
-    Returns:
-        ``(…, N)``, contiguous.
-    """
-    k = x.shape[-1]
-    n = weight.shape[0]
+def _conv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The linear as a oneDNN 1x1 convolution over a channels-last view of the tokens where that
+    beats ``F.linear`` with an unpacked weight (``F.conv2d`` would send a 1x1 conv to its slow
+    im2col kernel when torch runs single-threaded); ``F.linear`` otherwise."""
+    k, n = x.shape[-1], weight.shape[0]
     if (
         _MKLDNN_CONV is None
-        or not fastpath.enabled()
-        or x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or weight.dtype != torch.float32
-        or x.dim() < 2
         or x.numel() < _CONV_LINEAR_MIN_ROWS * k
         or weight.numel() > _CONV_LINEAR_MAX_WEIGHT
-        or torch.is_autocast_enabled("cpu")  # autocast casts F.linear to its own dtype
     ):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
