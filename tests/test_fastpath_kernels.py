@@ -51,7 +51,7 @@ def test_packed_weight_follows_in_place_changes_and_replacements():
             first = kernels.linear(x, layer.weight, layer.bias)
             second = kernels.linear(x, layer.weight, layer.bias)
         assert _close(first, second)
-        owner = kernels._packed_weights[id(layer.weight)]
+        owner = kernels._derived_weights[id(layer.weight)]
         assert all(packed is not None for _, packed in owner[1].values())
         return second
 
@@ -74,16 +74,16 @@ def test_packed_weight_follows_in_place_changes_and_replacements():
 
 
 @pytest.mark.skipif(not _packed_linear_is_used(), reason="torch without oneDNN")
-def test_packed_weights_go_with_their_weight():
+def test_derived_weights_go_with_their_weight():
     kernels.clear_caches()
     weight = torch.nn.Parameter(torch.randn(8, 4))
     with torch.inference_mode():
         for _ in range(2):  # packed on the second use
             kernels.linear(torch.randn(3, 4), weight)
             kernels.linear(torch.randn(3, 4), weight.t().t())  # a view: packed under its base
-    assert len(kernels._packed_weights) == 1
+    assert len(kernels._derived_weights) == 1
     del weight
-    assert not kernels._packed_weights  # nothing kept alive after the model is gone
+    assert not kernels._derived_weights  # nothing kept alive after the model is gone
 
 
 @pytest.mark.parametrize("rows", [5, 300])

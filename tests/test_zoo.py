@@ -61,12 +61,16 @@ def test_forward_equals_official_output(variant, reference_checkpoint, capsys):
     materialize_derived_buffers(model)
     x = torch.from_numpy(np.load(REFERENCE / "expected" / f"input_{variant}.npy"))
     expected = np.load(REFERENCE / "expected" / f"output_{variant}.npy")
-    start = time.perf_counter()
     with torch.inference_mode():
-        out = model(x).numpy()
-    seconds = time.perf_counter() - start
-    assert out.shape == expected.shape
+        start = time.perf_counter()
+        first = model(x).numpy()  # each weight's first use: the direct kernels
+        seconds = time.perf_counter() - start
+        out = model(x).numpy()  # from the second on: packed linears, Winograd convolutions
+    assert first.shape == out.shape == expected.shape
+    err_first = float(np.abs(first - expected).max() / expected.std())
     err = float(np.abs(out - expected).max() / expected.std())
     with capsys.disabled():
-        print(f"\n[equivalence] {variant}: max|err|/std = {err:.2e}, forward {seconds:.2f} s")
+        print(f"\n[equivalence] {variant}: max|err|/std = {err:.2e} "
+              f"(first forward {err_first:.2e}, {seconds:.2f} s)")
+    assert err_first < TOLERANCE_OVER_STD
     assert err < TOLERANCE_OVER_STD

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fastpath
+from . import fastpath, kernels
 from .symbolic import size_value
 
 __all__ = [
+    "Conv3x3",
     "Interpolate",
     "ResidualConvUnit",
     "FeatureFusionBlock",
@@ -51,6 +52,21 @@ class Interpolate(nn.Module):
         )
 
 
+class Conv3x3(nn.Conv2d):
+    """A 3x3, stride-1, padding-1 ``nn.Conv2d`` (same parameters, same keys) that runs through
+    :func:`midaskit.models.kernels.conv3x3` (Winograd on the fast path where it pays)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, bias: bool = True, device=None, dtype=None
+    ):
+        super().__init__(
+            in_channels, out_channels, 3, padding=1, bias=bias, device=device, dtype=dtype
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.conv3x3(x, self.weight, self.bias)
+
+
 class ResidualConvUnit(nn.Module):
     """v2.1 residual unit: ``conv2(relu(conv1(relu(x)))) + relu(x)``.
 
@@ -61,8 +77,8 @@ class ResidualConvUnit(nn.Module):
     def __init__(self, features: int, *, device=None, dtype=None):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
-        self.conv1 = nn.Conv2d(features, features, 3, padding=1, bias=True, **kw)
-        self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=True, **kw)
+        self.conv1 = Conv3x3(features, features, **kw)
+        self.conv2 = Conv3x3(features, features, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)
@@ -93,8 +109,8 @@ class ResidualConvUnitCustom(nn.Module):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.bn = bn
-        self.conv1 = nn.Conv2d(features, features, 3, padding=1, bias=True, **kw)
-        self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=True, **kw)
+        self.conv1 = Conv3x3(features, features, **kw)
+        self.conv2 = Conv3x3(features, features, **kw)
         if bn:
             self.bn1 = nn.BatchNorm2d(features, **kw)
             self.bn2 = nn.BatchNorm2d(features, **kw)
@@ -180,7 +196,7 @@ def make_scratch(
     scratch = nn.Module()
     for i, width in enumerate(in_widths):
         out = features * (2**i) if expand else features
-        conv = nn.Conv2d(width, out, 3, padding=1, bias=False, device=device, dtype=dtype)
+        conv = Conv3x3(width, out, bias=False, device=device, dtype=dtype)
         setattr(scratch, f"layer{i + 1}_rn", conv)
     return scratch
 
