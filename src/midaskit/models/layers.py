@@ -7,7 +7,7 @@ from torch import nn
 
 from . import kernels
 
-__all__ = ["Mlp"]
+__all__ = ["Mlp", "FourLayerBackbone"]
 
 
 class Mlp(nn.Module):
@@ -22,3 +22,16 @@ class Mlp(nn.Module):
         # the GELU is fused into fc1 where the fast-path kernel can
         x = kernels.linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
         return kernels.linear(x, self.fc2.weight, self.fc2.bias)
+
+
+class FourLayerBackbone(nn.Module):
+    """A CNN backbone of MidasNet / MidasNet_small: ``layer1`` .. ``layer4`` (set by the
+    subclass) run in sequence, and all four outputs feed the decoder."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, 3, H, W)`` -> four maps ``(B, C_i, H / s_i, W / s_i)``, finest first."""
+        features = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            features.append(x)
+        return features

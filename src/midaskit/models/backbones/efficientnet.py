@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import FourLayerBackbone
+
 __all__ = [
     "StageDims",
     "EfficientNetLiteDims",
@@ -234,7 +236,7 @@ def _make_stage(in_chs: int, stage: StageDims, **kw) -> nn.Sequential:
     return nn.Sequential(*blocks)
 
 
-class EfficientNetLiteBackbone(nn.Module):
+class EfficientNetLiteBackbone(FourLayerBackbone):
     """EfficientNet-Lite stem and stages regrouped as MiDaS's ``layer1..4`` (``pretrained``).
 
     ``forward`` returns the four layer outputs, at strides 4, 8, 16 and 32 for Lite3.
@@ -256,13 +258,6 @@ class EfficientNetLiteBackbone(nn.Module):
             layer = nn.Sequential(*(stem if i == 0 else []), *stages[start:stop])
             setattr(self, f"layer{i + 1}", layer)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``(B, 3, H, W)`` -> four maps ``(B, C_i, H / s_i, W / s_i)``, finest first."""
-        layer_1 = self.layer1(x)
-        layer_2 = self.layer2(layer_1)
-        layer_3 = self.layer3(layer_2)
-        layer_4 = self.layer4(layer_3)
-        return [layer_1, layer_2, layer_3, layer_4]
 
 
 def efficientnet_lite3(*, device=None, dtype=None) -> EfficientNetLiteBackbone:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import FourLayerBackbone
+
 __all__ = [
     "ResNeXtDims",
     "RESNEXT101_32X8D",
@@ -130,7 +132,7 @@ def _make_stage(
     return nn.Sequential(*blocks)
 
 
-class ResNeXtBackbone(nn.Module):
+class ResNeXtBackbone(FourLayerBackbone):
     """The four ResNeXt stages as MiDaS v2.1 regroups them (``pretrained`` of ``MidasNet``).
 
     ``forward`` returns the stage outputs at strides 4, 8, 16 and 32, finest first.
@@ -157,13 +159,6 @@ class ResNeXtBackbone(nn.Module):
         self.layer3 = stages[2]
         self.layer4 = stages[3]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``(B, 3, H, W)`` -> four maps ``(B, C_i, H / s_i, W / s_i)``, ``s_i = 4, 8, 16, 32``."""
-        layer_1 = self.layer1(x)
-        layer_2 = self.layer2(layer_1)
-        layer_3 = self.layer3(layer_2)
-        layer_4 = self.layer4(layer_3)
-        return [layer_1, layer_2, layer_3, layer_4]
 
 
 def resnext101_32x8d_wsl(*, device=None, dtype=None) -> ResNeXtBackbone:

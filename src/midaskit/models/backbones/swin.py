@@ -18,16 +18,14 @@ from torch import nn
 from ...variants import VariantSpec
 from .. import fastpath, kernels
 from ..dpt import DPTDepthModel
+from ..layers import Mlp
 from .swin_common import (
-    Mlp,
-    PatchEmbed,
+    ShiftedWindowBlock,
     SwinDims,
     SwinDPTBackbone,
-    SwinStage,
+    SwinTransformerBase,
     merge_patches,
     relative_position_index,
-    shifted_window_mask,
-    window_and_shift,
     window_attention_bias,
     window_sdpa,
     windowed_attention,
@@ -85,7 +83,7 @@ class WindowAttention(nn.Module):
         return kernels.linear(out, self.proj.weight, self.proj.bias)
 
 
-class SwinTransformerBlock(nn.Module):
+class SwinTransformerBlock(ShiftedWindowBlock):
     """Pre-norm block: ``x + W-MSA(norm1(x))``, then ``x + MLP(norm2(x))`` on ``(B, H, W, C)``."""
 
     def __init__(
@@ -100,27 +98,14 @@ class SwinTransformerBlock(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
-        kw = {"device": device, "dtype": dtype}
-        self.resolution = resolution
-        self.window, self.shift = window_and_shift(
-            resolution, window_size, shift_size, per_axis=False
+        super().__init__(
+            resolution, window_size, shift_size, per_axis=False, device=device, dtype=dtype
         )
-        if any(self.shift):
-            # registered first: the official files list a block's attn_mask before its children
-            mask = shifted_window_mask(resolution, self.window, self.shift)
-            self.register_buffer("attn_mask", mask.to(device=device, dtype=dtype, copy=True))
-        else:
-            self.attn_mask = None
+        kw = {"device": device, "dtype": dtype}
         self.norm1 = nn.LayerNorm(dim, eps=1e-5, **kw)
         self.attn = WindowAttention(dim, num_heads, self.window, **kw)
         self.norm2 = nn.LayerNorm(dim, eps=1e-5, **kw)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), **kw)
-
-    def derived_buffers(self) -> dict[str, torch.Tensor]:
-        if self.attn_mask is None:
-            return {}
-        return {"attn_mask": shifted_window_mask(self.resolution, self.window, self.shift)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = windowed_attention(self.norm1(x), self.attn, self.window, self.shift, self.attn_mask)
@@ -142,39 +127,17 @@ class PatchMerging(nn.Module):
         return kernels.linear(self.norm(merge_patches(x)), self.reduction.weight)
 
 
-class SwinTransformer(nn.Module):
-    """timm 0.6.12 ``SwinTransformer`` layout: ``patch_embed``, ``layers``, ``norm``, ``head``.
-
-    ``norm`` and ``head`` (the ImageNet classifier) are never run by the DPT; they are here so the
-    official files load strictly.
-    """
+class SwinTransformer(SwinTransformerBase):
+    """timm 0.6.12 ``SwinTransformer`` layout (see :class:`SwinTransformerBase`)."""
 
     def __init__(self, dims: SwinDims, num_classes: int = 1000, *, device=None, dtype=None):
-        super().__init__()
-        kw = {"device": device, "dtype": dtype}
-        self.img_size = dims.img_size
-        self.patch_embed = PatchEmbed(dims.patch_size, dims.embed_dim, **kw)
-        stages = []
-        for i, depth in enumerate(dims.depths):
-            dim = dims.dim(i)
-            blocks = [
-                SwinTransformerBlock(
-                    dim,
-                    dims.num_heads[i],
-                    dims.resolution(i),
-                    dims.window_size,
-                    0 if j % 2 == 0 else dims.window_size // 2,
-                    dims.mlp_ratio,
-                    **kw,
-                )
-                for j in range(depth)
-            ]
-            last = i == len(dims.depths) - 1
-            stages.append(SwinStage(blocks, None if last else PatchMerging(dim, **kw)))
-        self.layers = nn.ModuleList(stages)
-        num_features = dims.dim(len(dims.depths) - 1)
-        self.norm = nn.LayerNorm(num_features, eps=1e-5, **kw)
-        self.head = nn.Linear(num_features, num_classes, **kw)
+        def make_block(stage: int, shift: int, **kw) -> SwinTransformerBlock:
+            return SwinTransformerBlock(
+                dims.dim(stage), dims.num_heads[stage], dims.resolution(stage),
+                dims.window_size, shift, dims.mlp_ratio, **kw,
+            )
+
+        super().__init__(dims, make_block, PatchMerging, num_classes, device=device, dtype=dtype)
 
 
 # ---- builders ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Pieces shared by the Swin (v1) and SwinV2 DPT backbones: window partition/reverse, the
-relative-position index and shifted-window mask rules, patch embedding, the MLP, one stage, and
-the DPT wrapper that turns hooked block outputs into feature maps.
+relative-position index and shifted-window mask rules, patch embedding, the block and model
+skeletons both versions fill in, one stage, and the DPT wrapper that turns hooked block outputs
+into feature maps.
 
 Official source: isl-org/MiDaS ``midas/backbones/swin_common.py`` (``_make_swin_backbone``,
 ``forward_swin``) on timm 0.6.12 ``swin_transformer.py`` / ``swin_transformer_v2.py``. The wrapper
@@ -12,7 +13,7 @@ Tokens travel between blocks as ``(B, H, W, C)`` maps, the official ``(B, H*W, C
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupportedInputSizeError
-from ..layers import Mlp
 
 __all__ = [
     "SwinDims",
@@ -34,8 +34,9 @@ __all__ = [
     "windowed_attention",
     "merge_patches",
     "PatchEmbed",
-    "Mlp",
+    "ShiftedWindowBlock",
     "SwinStage",
+    "SwinTransformerBase",
     "SwinDPTBackbone",
 ]
 
@@ -238,6 +239,41 @@ class PatchEmbed(nn.Module):
         return self.norm(x)
 
 
+class ShiftedWindowBlock(nn.Module):
+    """What the Swin and SwinV2 blocks share: the window and shift of a block at its stage's
+    resolution, and the shifted-window ``attn_mask`` buffer when it shifts.
+
+    Subclasses add their layers after calling this ``__init__``: the official files list a
+    block's ``attn_mask`` before its children.
+    """
+
+    def __init__(
+        self,
+        resolution: tuple[int, int],
+        window_size: int,
+        shift_size: int,
+        *,
+        per_axis: bool,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.resolution = resolution
+        self.window, self.shift = window_and_shift(
+            resolution, window_size, shift_size, per_axis=per_axis
+        )
+        if any(self.shift):
+            mask = shifted_window_mask(resolution, self.window, self.shift)
+            self.register_buffer("attn_mask", mask.to(device=device, dtype=dtype, copy=True))
+        else:
+            self.attn_mask = None
+
+    def derived_buffers(self) -> dict[str, torch.Tensor]:
+        if self.attn_mask is None:
+            return {}
+        return {"attn_mask": shifted_window_mask(self.resolution, self.window, self.shift)}
+
+
 class SwinStage(nn.Module):
     """One stage (timm's ``BasicLayer``): ``blocks``, then ``downsample`` (patch merging) at the
     END of the stage in the 0.6.12 layout; the last stage has none."""
@@ -246,6 +282,49 @@ class SwinStage(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
+
+
+class SwinTransformerBase(nn.Module):
+    """The timm 0.6.12 layout both versions share: ``patch_embed``, ``layers`` (stages of blocks
+    that alternate unshifted and half-window-shifted, each stage but the last ending in a patch
+    merging), ``norm``, ``head``.
+
+    ``norm`` and ``head`` (the ImageNet classifier) are never run by the DPT; they are here so the
+    official files load strictly.
+
+    Args:
+        dims: the sizes.
+        make_block: ``(stage, shift_size, device=, dtype=)`` -> that version's block.
+        make_merging: ``(dim, device=, dtype=)`` -> that version's patch merging.
+        num_classes: outputs of ``head``.
+    """
+
+    def __init__(
+        self,
+        dims: SwinDims,
+        make_block: Callable[..., nn.Module],
+        make_merging: Callable[..., nn.Module],
+        num_classes: int = 1000,
+        *,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.img_size = dims.img_size
+        self.patch_embed = PatchEmbed(dims.patch_size, dims.embed_dim, **kw)
+        stages = []
+        for i, depth in enumerate(dims.depths):
+            shifts = [0 if j % 2 == 0 else dims.window_size // 2 for j in range(depth)]
+            last = i == len(dims.depths) - 1
+            stages.append(SwinStage(
+                [make_block(i, shift, **kw) for shift in shifts],
+                None if last else make_merging(dims.dim(i), **kw),
+            ))
+        self.layers = nn.ModuleList(stages)
+        num_features = dims.dim(len(dims.depths) - 1)
+        self.norm = nn.LayerNorm(num_features, eps=1e-5, **kw)
+        self.head = nn.Linear(num_features, num_classes, **kw)
 
 
 def merge_patches(x: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,6 @@ __all__ = [
     "ViTConfig",
     "resize_pos_embed",
     "Attention",
-    "Mlp",
     "Block",
     "PatchEmbed",
     "VisionTransformer",
