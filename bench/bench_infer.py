@@ -6,7 +6,8 @@ For each variant (all 13 by default) the official-layout file with seeded synthe
 (``tests/refweights.py``, generated once into .cache/test-weights) is loaded with
 ``midaskit.load``, so the outputs are meaningful. Modes, all under ``torch.inference_mode``:
 
-  fast   midaskit as shipped (``fastpath.enabled()``: SDPA, oneDNN linears, channels-last decoder)
+  fast   midaskit as shipped (``fastpath.enabled()``: SDPA, packed oneDNN linears, Winograd
+         3x3 convolutions and channels-last maps in the decoder)
   plain  the same model inside ``fastpath.plain_eager()``: the reference formulation
   hf     transformers' DPTForDepthEstimation of the same architecture (dpt_large_384,
          dpt_hybrid_384, the three BEiT and the three SwinV2 variants), built offline from the
